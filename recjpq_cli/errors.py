@@ -1,0 +1,26 @@
+"""Typed errors whose text is written for the user.
+
+Library code raises these; ``cli.py`` turns them into one ``Error: ...`` line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class RecJPQError(Exception):
+    """A user-facing error: the message names the file or setting and the problem."""
+
+
+class InputError(RecJPQError):
+    """A missing, unreadable, malformed or foreign input file."""
+
+
+class ConfigError(RecJPQError):
+    """Impossible or contradictory settings."""
+
+
+class OutputExistsError(RecJPQError):
+    """An output exists and ``--overwrite`` was not given."""
+
+
+class ResourceError(RecJPQError):
+    """The job would not fit in the available memory."""

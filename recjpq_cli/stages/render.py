@@ -1,0 +1,33 @@
+"""Rich summary tables for people (stderr). Stages return results; these only draw them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from recjpq_cli.console import console
+
+
+def kv_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    for k, v in rows:
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+    console().print(t)
+
+
+def prepare_table(r: Any) -> None:
+    s = r.stats
+    rows = [
+        ("format", f"{r.format} ({'detected' if r.detected else 'given'})"),
+        ("users", r.n_users), ("items", r.n_items), ("interactions", r.n_interactions),
+        ("sequence length min / median / max",
+         f"{s['sequence_length']['min']} / {s['sequence_length']['median']:g} / {s['sequence_length']['max']}"),
+        ("long-tail share (< 5 train interactions)", f"{s['long_tail_share']:.1%}"),
+        ("train / val / test", " / ".join(f"{v:,}" for v in s["split_sizes"].values())),
+    ]
+    rows += [(f"dropped: {k.replace('_', ' ')}", v) for k, v in s["dropped_rows"].items()]
+    rows += [("fingerprint", r.fingerprint[:16] + "…"), ("written", str(r.out)), ("seconds", round(r.seconds, 2))]
+    kv_table("prepare", rows)
