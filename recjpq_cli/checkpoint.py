@@ -1,0 +1,58 @@
+"""Checkpoints of a run: plain dicts of tensors and primitives, loaded with weights_only=True.
+
+Keys: format_version, model, embedding, model_args, config, state_dict, optimizer, rng, epoch, step,
+best_metric, dataset_fingerprint, codes_meta, world_size (see docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recjpq_cli.data.io import atomic_file
+from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION
+from recjpq_cli.errors import InputError
+
+REQUIRED_KEYS = ("format_version", "model", "embedding", "model_args", "config", "state_dict", "epoch", "step",
+                 "dataset_fingerprint")
+
+
+def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
+    with atomic_file(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; a corrupt, truncated or foreign file is an InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
+            KeyError, AttributeError, TypeError, IndexError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise InputError(f"{path}: not a recjpq checkpoint (keys missing)")
+    if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise InputError(f"{path}: unsupported checkpoint format_version {ckpt['format_version']!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
+    from recjpq_cli.models.registry import build_model
+
+    model = build_model(ckpt["model_args"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"{path}: weights do not match the model arguments ({first})") from None
+    model.eval()
+    return model
