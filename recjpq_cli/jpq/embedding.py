@@ -41,10 +41,15 @@ class ItemEmbedding(nn.Module):
         raise NotImplementedError
 
     def score_all(self, h: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
-        """Scores of every id 0..n_items for each row of h: (B, d) -> (B, n_items + 1)."""
+        """Scores of every id 0..n_items for each row of h: (B, d) -> (B, n_items + 1).
+
+        Column 0 (padding) is 0, so the result equals ``h @ reconstruct().T``.
+        """
         prep = self.prepare(h)
         n = self.n_items + 1
-        return torch.cat([self.score_range(prep, s, min(s + chunk, n)) for s in range(0, n, chunk)], dim=1)
+        out = torch.cat([self.score_range(prep, s, min(s + chunk, n)) for s in range(0, n, chunk)], dim=1)
+        out[:, 0] = 0.0
+        return out
 
     def score_shared(self, h: Tensor, ids: Tensor) -> Tensor:
         """Candidates shared by all positions of a sequence: h (B, L, d), ids (B, K) -> (B, L, K)."""
