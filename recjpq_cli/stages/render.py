@@ -31,3 +31,14 @@ def prepare_table(r: Any) -> None:
     rows += [(f"dropped: {k.replace('_', ' ')}", v) for k, v in s["dropped_rows"].items()]
     rows += [("fingerprint", r.fingerprint[:16] + "…"), ("written", str(r.out)), ("seconds", round(r.seconds, 2))]
     kv_table("prepare", rows)
+
+
+def train_table(r: Any) -> None:
+    rows = [("model", f"{r.model} ({r.embedding} embeddings)"), ("device", r.device),
+            ("epochs / steps", f"{r.epochs} / {r.steps}"), ("stopped by", r.stop_reason),
+            ("best validation NDCG@10", round(r.best_metric, 4)),
+            ("last validation NDCG@10 / Recall@10",
+             f"{r.last_metrics.get('NDCG@10', float('nan')):.4f} / {r.last_metrics.get('Recall@10', float('nan')):.4f}"),
+            ("item parameters", r.parameters["item"]), ("backbone parameters", r.parameters["backbone"]),
+            ("processes", r.world_size), ("seconds", round(r.elapsed_s, 1)), ("run folder", str(r.run_dir))]
+    kv_table("train", rows)
