@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install recjpq (and, with "test", what the tests need). A CPU build of torch is installed first when
+# no torch is present, so pip does not pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+if [ "${1:-}" = "test" ]; then
+  "$PY" -m pip install -q -e ".[test]"
+else
+  "$PY" -m pip install -q -e .
+fi
