@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  "$PY" -m pip install -q "torch==2.13.0"
 fi
 if [ "${1:-}" = "test" ]; then
   "$PY" -m pip install -q -e ".[test]"
