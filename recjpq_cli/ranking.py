@@ -2,6 +2,9 @@
 
 Memory stays bounded by batch x (chunk + k): the (batch, n_items) score matrix never exists for
 large catalogues. Ties go to the lower item id. Used by train (validation), evaluate and recommend.
+
+JPQ models on the CPU take the compiled PQTopK path (``jpq/pqtopk.py``) when numba is present: the same
+float32 sums in the same order, so the same ranks and lists, without any (batch, chunk) score matrix.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from recjpq_cli.jpq.embedding import ItemEmbedding
+from recjpq_cli.jpq import pqtopk
+from recjpq_cli.jpq.embedding import ItemEmbedding, JPQEmbedding
 
 DEFAULT_CHUNK = 65_536
 
@@ -23,6 +27,22 @@ def _mask_chunk(scores: Tensor, start: int, end: int, excl_rows: Tensor | None, 
         scores[excl_rows[sel], excl_items[sel] - start] = float("-inf")
 
 
+def _fast_tables(items: ItemEmbedding, h: Tensor) -> Tensor | None:
+    """The (B, M * ksub) float32 sub-item score tables when the compiled PQ path applies, else None."""
+    if not isinstance(items, JPQEmbedding) or h.device.type != "cpu" or not pqtopk.available():
+        return None
+    prep = items.prepare(h)
+    if prep.dtype != torch.float32 or items.codes.device.type != "cpu":
+        return None
+    return prep.contiguous()
+
+
+def _csr(b: int, excl_rows: Tensor | None, excl_items: Tensor | None):
+    if excl_rows is None or excl_items is None:
+        return pqtopk.exclusions_csr(b, None, None)
+    return pqtopk.exclusions_csr(b, excl_rows.numpy(), excl_items.numpy())
+
+
 @torch.no_grad()
 def target_ranks(items: ItemEmbedding, h: Tensor, targets: Tensor, excl_rows: Tensor | None = None,
                  excl_items: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> Tensor:
@@ -33,6 +53,10 @@ def target_ranks(items: ItemEmbedding, h: Tensor, targets: Tensor, excl_rows: Te
     """
     b = h.shape[0]
     dev = h.device
+    tabs = _fast_tables(items, h)
+    if tabs is not None:
+        ptr, ex = _csr(b, excl_rows, excl_items)
+        return torch.from_numpy(pqtopk.ranks(tabs.numpy(), items.codes.numpy(), targets.numpy(), ptr, ex))
     prep = items.prepare(h)
     t_score = torch.empty(b, dtype=prep.dtype, device=dev)
     n = items.n_items + 1
@@ -78,9 +102,14 @@ def topk(items: ItemEmbedding, h: Tensor, k: int, excl_rows: Tensor | None = Non
     """Top-k (scores, item ids) per row over the whole catalogue, best first; ties to the lower id."""
     b = h.shape[0]
     dev = h.device
+    k = min(k, items.n_items)
+    tabs = _fast_tables(items, h)
+    if tabs is not None:
+        ptr, ex = _csr(b, excl_rows, excl_items)
+        scores, ids = pqtopk.topk(tabs.numpy(), items.codes.numpy(), k, ptr, ex)
+        return torch.from_numpy(scores), torch.from_numpy(ids)
     prep = items.prepare(h)
     n = items.n_items + 1
-    k = min(k, items.n_items)
     best_key = torch.full((b, 0), 0, dtype=torch.long, device=dev)
     best_score = torch.empty((b, 0), dtype=torch.float32, device=dev)
     for s in range(0, n, chunk):
