@@ -8,6 +8,7 @@ trains on its shard of each batch, and only rank 0 writes.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -71,7 +72,9 @@ def wrap(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    return DDP(module, device_ids=ids, broadcast_buffers=False)
+    with warnings.catch_warnings():  # broadcast_buffers=False is exactly what we mean (no sync at all)
+        warnings.simplefilter("ignore", FutureWarning)
+        return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
 def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:

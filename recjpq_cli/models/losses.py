@@ -26,21 +26,22 @@ def gbce_beta(num_negatives: int, n_items: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-def bce_with_negatives(pos: Tensor, neg: Tensor, valid: Tensor) -> Tensor:
+def bce_with_negatives(pos: Tensor, neg: Tensor, valid: Tensor, denom: float | None = None) -> Tensor:
     """Binary cross-entropy: positive logit -> 1, each negative -> 0.
 
     pos (...,), neg (..., K), valid (...,) bool. Per position: -log s(pos) - sum_k log(1 - s(neg_k));
-    averaged over valid positions.
+    averaged over valid positions (or divided by ``denom``, e.g. the global count under DDP).
     """
     per_pos = F.softplus(-pos) + F.softplus(neg).sum(-1)
     w = valid.to(per_pos.dtype)
-    return (per_pos * w).sum() / w.sum().clamp(min=1.0)
+    total = (per_pos * w).sum()
+    return total / denom if denom is not None else total / w.sum().clamp(min=1.0)
 
 
-def gbce(pos: Tensor, neg: Tensor, valid: Tensor, *, n_items: int, t: float) -> Tensor:
+def gbce(pos: Tensor, neg: Tensor, valid: Tensor, *, n_items: int, t: float, denom: float | None = None) -> Tensor:
     """gBCE (Petrov & Macdonald, RecSys 2023); t = 0 is plain BCE with the same negatives."""
     beta = gbce_beta(neg.shape[-1], n_items, t)
-    return bce_with_negatives(gbce_positive_logits(pos, beta), neg, valid)
+    return bce_with_negatives(gbce_positive_logits(pos, beta), neg, valid, denom)
 
 
 def softmax_ce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:

@@ -1,4 +1,9 @@
-"""``prepare``: a raw interaction log to a leave-one-out sequential dataset folder."""
+"""``prepare``: a raw interaction log to a leave-one-out sequential dataset folder.
+
+Polars reads and parses the file (the readers in ``data/readers.py``); from there the log is three flat
+numpy arrays (user code, item code, time) and every step is a vectorised array operation: dense ids,
+iterative filtering by counts, one stable sort, positions and the split.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import polars as pl
 
 from recjpq_cli.data import readers
 from recjpq_cli.data.io import atomic_dir, check_output, sha256_file, write_yaml
-from recjpq_cli.data.schema import DATASET_FORMAT_VERSION, DATASET_YAML, INTERACTIONS, ITEMS, USERS
+from recjpq_cli.data.schema import DATASET_FORMAT_VERSION, DATASET_YAML, INTERACTIONS, ITEMS, SPLITS, USERS
 from recjpq_cli.errors import ConfigError, InputError
 
 LONG_TAIL_THRESHOLD = 5
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -62,58 +68,160 @@ class PrepareResult:
         return d
 
 
+def _check(cfg: PrepareConfig) -> None:
+    """Settings and paths, before any reading."""
+    if cfg.min_user_interactions < 1 or cfg.min_item_interactions < 0:
+        raise ConfigError("--min-user-interactions must be >= 1 and --min-item-interactions >= 0")
+    readers.check_input_file(cfg.input)
+    src, out = cfg.input.resolve(), cfg.out.resolve()
+    if src == out or out in src.parents:
+        raise ConfigError(f"{cfg.out}: the dataset folder would replace the input {cfg.input}; "
+                          f"choose another --out")
+    check_output(cfg.out, cfg.overwrite, "dataset folder")
+
+
 def _load(cfg: PrepareConfig, fmt: str) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Read the raw rows (file order kept), drop missing values and low ratings, counting both."""
-    lf = readers.scan(cfg.input, fmt, user_col=cfg.user_col, item_col=cfg.item_col,
-                      time_col=cfg.time_col, time_col_given=cfg.time_col_given)
-    has_rating = "rating" in lf.collect_schema().names()
-    if cfg.min_rating is not None and not has_rating:
+    """The raw rows in file order (``timestamp`` = file position when the format has no time),
+    without missing values and low ratings, counting both."""
+    raw = readers.scan(cfg.input, fmt, user_col=cfg.user_col, item_col=cfg.item_col,
+                       time_col=cfg.time_col, time_col_given=cfg.time_col_given)
+    lf = raw.lf
+    names = lf.collect_schema().names()
+    if cfg.min_rating is not None and "rating" not in names:
         raise InputError(f"{cfg.input}: --min-rating given, but the {fmt} file has no rating column")
+    if not raw.has_time:
+        lf = lf.with_row_index("timestamp").with_columns(pl.col("timestamp").cast(pl.Int64))
+    cols = ["raw_user", "raw_item", "timestamp"]
+    cols += ["rating"] if cfg.min_rating is not None else []
+    cols += ["_bad"] if "_bad" in names else []
     try:
-        df = lf.with_row_index("_row").collect()
-    except (pl.exceptions.PolarsError, OSError) as e:
+        df = lf.select(cols).collect()
+    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as e:
         raise InputError(f"{cfg.input}: cannot read as {fmt}: {readers.polars_message(e)}") from None
+    if "_bad" in cols:
+        bad = df["_bad"].fill_null(False)
+        if bad.any():
+            assert raw.explain is not None
+            raise InputError(f"{cfg.input}: {raw.explain(int(bad.arg_true()[0]))}")
+        df = df.drop("_bad")
     if df.height == 0:
         raise InputError(f"{cfg.input}: no interactions in the file")
-    dropped: dict[str, int] = {}
-    n0 = df.height
-    needed = ["raw_user", "raw_item"] + (["timestamp"] if df["timestamp"].null_count() < n0 else [])
-    df = df.drop_nulls(needed)
-    dropped["missing_values"] = n0 - df.height
-    if df["timestamp"].null_count() == df.height:  # no time: the file order is the time order
-        df = df.with_columns(pl.col("_row").cast(pl.Int64).alias("timestamp"))
+    dropped = {"missing_values": 0, "below_min_rating": 0}
+    needed = [c for c in df.columns if df[c].null_count()]
+    if needed:
+        n0 = df.height
+        df = df.drop_nulls(needed)
+        dropped["missing_values"] = n0 - df.height
     if cfg.min_rating is not None:
         n1 = df.height
-        df = df.filter(pl.col("rating") >= cfg.min_rating)
+        df = df.filter(pl.col("rating") >= cfg.min_rating).drop("rating")
         dropped["below_min_rating"] = n1 - df.height
-    return df.select("raw_user", "raw_item", "timestamp", "_row"), dropped
+    return df, dropped
 
 
-def _numeric_if_possible(df: pl.DataFrame, col: str) -> pl.DataFrame:
-    """Raw ids order numerically when all of them are integers, else lexicographically."""
-    if df[col].dtype.is_integer():
-        return df
-    s = df[col].cast(pl.String)
-    as_int = s.str.strip_chars().cast(pl.Int64, strict=False)
-    if as_int.null_count() == 0:
-        return df.with_columns(as_int.alias(col))
-    return df.with_columns(s.alias(col))
+def _int_codes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense 0-based int32 codes of integers in ascending order, and the sorted distinct values."""
+    lo, hi = int(a.min()), int(a.max())
+    span = hi - lo + 1
+    if span <= max(4 * a.size, 1 << 22):  # a presence table: O(n), no sort
+        off = a - lo
+        present = np.zeros(span, dtype=bool)
+        present[off] = True
+        code_of = np.cumsum(present, dtype=np.int32)
+        code_of -= 1
+        return code_of[off], np.flatnonzero(present) + lo
+    values, codes = np.unique(a, return_inverse=True)
+    return codes.astype(np.int32), values
 
 
-def _filter(df: pl.DataFrame, min_user: int, min_item: int) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Iterative k-core style filtering until stable."""
-    removed = {"filtered_users_rows": 0, "filtered_items_rows": 0}
-    while True:
-        n = df.height
-        if min_item > 1:
-            df = df.filter(pl.len().over("raw_item") >= min_item)
-            removed["filtered_items_rows"] += n - df.height
-        m = df.height
-        if min_user > 1:
-            df = df.filter(pl.len().over("raw_user") >= min_user)
-            removed["filtered_users_rows"] += m - df.height
-        if df.height == n:
-            return df, removed
+def _dense_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Codes 0..k-1 in ascending raw-id order and the raw ids (as strings) in code order.
+
+    Numeric order when every raw id is an integer (and no two spell the same number), else lexicographic.
+    """
+    if s.dtype.is_float() and (s == s.floor()).all():
+        s = s.cast(pl.Int64)
+    if s.dtype.is_integer():
+        codes, values = _int_codes(s.cast(pl.Int64).to_numpy())
+        return codes, pl.Series(values).cast(pl.String)
+    s = s.cast(pl.String)
+    uniq = s.unique()
+    as_int = uniq.str.strip_chars().cast(pl.Int64, strict=False)
+    if as_int.null_count() == 0 and as_int.n_unique() == uniq.len():
+        codes, _ = _int_codes(s.str.strip_chars().cast(pl.Int64).to_numpy())
+        return codes, uniq.gather(as_int.arg_sort())
+    uniq = uniq.sort()
+    return uniq.search_sorted(s, side="left").cast(pl.Int32).to_numpy(), uniq
+
+
+def _filter(user: np.ndarray, item: np.ndarray, min_user: int, min_item: int) -> tuple[np.ndarray | None, dict]:
+    """Rows kept by filtering users with < min_user and items with < min_item rows, repeated until stable.
+
+    Returns None when every row is kept. The fixed point does not depend on the order of the filters; a
+    filter that just removed rows cannot remove more until the other one does, so one filter alone takes
+    one pass.
+    """
+    removed = {"too_few_user_interactions": 0, "too_few_item_interactions": 0}
+    active = [(why, k) for why, k in (("too_few_item_interactions", min_item),
+                                       ("too_few_user_interactions", min_user)) if k > 1]
+    rows: np.ndarray | None = None
+    u, i = user, item
+    clean, turn = 0, 0  # clean: consecutive filters that had nothing to remove
+    while active and clean < len(active) and u.size:
+        why, k = active[turn % len(active)]
+        turn += 1
+        codes = i if why == "too_few_item_interactions" else u
+        counts = np.bincount(codes)
+        if counts[counts > 0].min() >= k:
+            clean += 1
+            continue
+        keep = counts[codes] >= k
+        removed[why] += int(keep.size - np.count_nonzero(keep))
+        rows = np.flatnonzero(keep) if rows is None else rows[keep]
+        u, i = u[keep], i[keep]
+        clean = 1
+    return rows, removed
+
+
+def _compact(codes: np.ndarray, values: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Renumber codes densely after rows were removed (order kept)."""
+    present = np.bincount(codes, minlength=values.len()) > 0
+    if present.all():
+        return codes, values
+    new = np.cumsum(present, dtype=np.int32) - 1
+    return new[codes], values.filter(pl.Series(present))
+
+
+def _order(user: np.ndarray, ts: np.ndarray, n_users: int) -> np.ndarray | None:
+    """The stable order by (user, time); None when the rows are already in that order."""
+    t0 = int(ts.min())
+    span = int(ts.max()) - t0 + 1
+    if n_users <= _INT64_MAX // span:
+        key = user.astype(np.int64)
+        key *= span
+        key += ts
+        key -= t0
+    else:  # times too spread to pack with the user: pack the time's rank instead
+        _, t_rank = np.unique(ts, return_inverse=True)
+        key = user.astype(np.int64) * (int(t_rank.max()) + 1) + t_rank
+    if bool((key[1:] >= key[:-1]).all()):
+        return None
+    order = pl.DataFrame({"k": key}).select(pl.arg_sort_by("k", maintain_order=True))["k"]
+    return order.to_numpy()
+
+
+def _positions(user: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sequence lengths, 0-based position in the sequence, split code 0/1/2) for rows sorted by user."""
+    lengths = np.bincount(user, minlength=n_users)
+    ends = np.cumsum(lengths)
+    starts = (ends - lengths).astype(np.int32)
+    pos = np.arange(user.size, dtype=np.int32)
+    pos -= np.repeat(starts, lengths)
+    split = np.zeros(user.size, dtype=np.int8)
+    ends = ends[lengths >= 3]  # fewer than 3 interactions: all training
+    split[ends - 1] = SPLITS.index("test")
+    split[ends - 2] = SPLITS.index("val")
+    return lengths, pos, split
 
 
 def _fingerprint(source_sha: str, options: dict[str, Any], raw_items: pl.Series) -> str:
@@ -126,58 +234,56 @@ def _fingerprint(source_sha: str, options: dict[str, Any], raw_items: pl.Series)
 
 def run(cfg: PrepareConfig) -> PrepareResult:
     t0 = time.perf_counter()
-    if cfg.min_user_interactions < 1 or cfg.min_item_interactions < 0:
-        raise ConfigError("--min-user-interactions must be >= 1 and --min-item-interactions >= 0")
-    readers.check_input_file(cfg.input)
-    check_output(cfg.out, cfg.overwrite, "dataset folder")
+    _check(cfg)
     detected = cfg.format is None
     fmt = cfg.format or readers.detect_format(cfg.input)
+    if fmt not in readers.GENERIC and ((cfg.user_col, cfg.item_col) != ("user_id", "item_id")
+                                       or cfg.time_col_given):
+        raise ConfigError(f"{cfg.input}: --user-col, --item-col and --time-col apply to csv, tsv and parquet "
+                          f"files, not to the {fmt} format")
     df, dropped = _load(cfg, fmt)
-    df = _numeric_if_possible(_numeric_if_possible(df, "raw_user"), "raw_item")
-    df, removed = _filter(df, cfg.min_user_interactions, cfg.min_item_interactions)
-    dropped.update(removed)
-    if df.height == 0:
-        raise InputError(f"{cfg.input}: no interactions left after filtering "
-                         f"(min user interactions {cfg.min_user_interactions}, "
-                         f"min item interactions {cfg.min_item_interactions})")
-
-    # Ids: users 0..n-1 and items 1..n in ascending raw id; stable time order per user.
-    df = df.with_columns(
-        (pl.col("raw_user").rank("dense") - 1).cast(pl.Int32).alias("user"),
-        pl.col("raw_item").rank("dense").cast(pl.Int32).alias("item"),
-    ).sort(["user", "timestamp", "_row"])
-    user = df["user"].to_numpy()
-    n_users = int(user[-1]) + 1
-    lengths = np.bincount(user, minlength=n_users)
-    starts = np.zeros(n_users, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    n = df.height
-    pos = np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)
-    n_of = np.repeat(lengths, lengths)
-    split_code = np.where(n_of < 3, 0, np.where(pos == n_of - 1, 2, np.where(pos == n_of - 2, 1, 0)))
-    split = pl.Series("split", np.array(["train", "val", "test"])[split_code], pl.String)
-    interactions = pl.DataFrame({
-        "user": df["user"], "item": df["item"], "timestamp": df["timestamp"].cast(pl.Int64),
-        "pos": pl.Series(pos.astype(np.int32)), "split": split,
-    })
-    n_items = int(df["item"].max())
-    train_count = np.bincount(df["item"].to_numpy()[split_code == 0], minlength=n_items + 1)[1:]
-    items = (df.lazy().group_by("item").agg(pl.col("raw_item").first()).sort("item")
-             .select(pl.col("item"), pl.col("raw_item").cast(pl.String)).collect()
-             .with_columns(pl.Series("train_count", train_count.astype(np.int32))))
-    users = (df.lazy().group_by("user").agg(pl.col("raw_user").first()).sort("user")
-             .select(pl.col("user"), pl.col("raw_user").cast(pl.String)).collect())
+    user, raw_users = _dense_codes(df["raw_user"])
+    item, raw_items = _dense_codes(df["raw_item"])
+    ts = df["timestamp"].to_numpy()
     del df
 
+    rows, removed = _filter(user, item, cfg.min_user_interactions, cfg.min_item_interactions)
+    dropped.update(removed)
+    if rows is not None:
+        if rows.size == 0:
+            raise InputError(f"{cfg.input}: no interactions left after filtering "
+                             f"(--min-user-interactions {cfg.min_user_interactions}, "
+                             f"--min-item-interactions {cfg.min_item_interactions})")
+        user, item, ts = user[rows], item[rows], ts[rows]
+        del rows
+        user, raw_users = _compact(user, raw_users)
+        item, raw_items = _compact(item, raw_items)
+    n_users, n_items, n = raw_users.len(), raw_items.len(), user.size
+
+    order = _order(user, ts, n_users)
+    if order is not None:
+        user, item, ts = user[order], item[order], ts[order]
+        del order
+    item += 1  # items are 1..n_items; 0 is padding
+    lengths, pos, split = _positions(user, n_users)
+    train_count = np.bincount(item[split == 0], minlength=n_items + 1)[1:].astype(np.int32)
+
+    interactions = pl.DataFrame({
+        "user": user, "item": item, "timestamp": ts, "pos": pos,
+        "split": pl.Series(split).replace_strict(dict(enumerate(SPLITS)), return_dtype=pl.String),
+    })
+    users = pl.DataFrame({"user": np.arange(n_users, dtype=np.int32), "raw_user": raw_users})
+    items = pl.DataFrame({"item": np.arange(1, n_items + 1, dtype=np.int32), "raw_item": raw_items,
+                          "train_count": train_count})
     source_sha = sha256_file(cfg.input)
     options = cfg.options() | {"format": fmt}
-    fingerprint = _fingerprint(source_sha, options, items["raw_item"])
+    fingerprint = _fingerprint(source_sha, options, raw_items)
+    split_sizes = np.bincount(split, minlength=3)
     stats = {
         "sequence_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
                             "max": int(lengths.max())},
         "long_tail_share": float((train_count < LONG_TAIL_THRESHOLD).mean()),
-        "split_sizes": {"train": int((split_code == 0).sum()), "val": int((split_code == 1).sum()),
-                        "test": int((split_code == 2).sum())},
+        "split_sizes": {name: int(split_sizes[k]) for k, name in enumerate(SPLITS)},
         "dropped_rows": dropped,
     }
     meta = {
@@ -189,7 +295,7 @@ def run(cfg: PrepareConfig) -> PrepareResult:
         "stats": stats,
     }
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
-        interactions.write_parquet(tmp / INTERACTIONS, statistics=False)
+        interactions.write_parquet(tmp / INTERACTIONS, compression="zstd", compression_level=1)
         users.write_parquet(tmp / USERS)
         items.write_parquet(tmp / ITEMS)
         write_yaml(tmp / DATASET_YAML, meta)

@@ -74,13 +74,14 @@ class TrainResult:
     last_metrics: dict[str, float]
     parameters: dict[str, int]
     world_size: int = 1
+    last_loss: float = float("nan")
 
     def facts(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "model": self.model, "embedding": self.embedding,
                 "device": self.device, "epochs": self.epochs, "steps": self.steps, "elapsed_s": self.elapsed_s,
                 "stop_reason": self.stop_reason, f"best_{TARGET_METRIC}": self.best_metric,
                 "last_validation": self.last_metrics, "parameters": self.parameters,
-                "world_size": self.world_size}
+                "world_size": self.world_size, "last_loss": self.last_loss}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -231,7 +232,9 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model, self.cfg, self.device = model, cfg, device
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, denom: float | None = None, **batch: torch.Tensor) -> torch.Tensor:
+        """The batch loss; ``denom`` (the valid positions of the whole global batch / world size) makes
+        DDP's gradient average equal the gradient of one process with the whole batch."""
         model, cfg = self.model, self.cfg
         items = model.items
         if cfg.model == "bert4rec":
@@ -249,13 +252,14 @@ class LossModule(torch.nn.Module):
         h = h.float()
         pos = items.score(h, tgt.unsqueeze(-1))[..., 0]
         neg = items.score(h, negs) if negs.dim() == 3 else items.score_shared(h, negs)
-        return losses.gbce(pos, neg, tgt != 0, n_items=items.n_items, t=cfg.gbce_t)
+        valid = (tgt != 0) & (inp != 0)  # a real target after a real input item
+        return losses.gbce(pos, neg, valid, n_items=items.n_items, t=cfg.gbce_t, denom=denom)
 
 
 # ----------------------------------------------------------------------------------------------- the loop
 def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     t_start = time.perf_counter()
-    ctx = dist.init()  # single process unless launched by torchrun
+    ctx = dist.init(req.device)  # single process unless launched by torchrun
     meta = read_dataset_meta(req.dataset)
     cfg, codes_path, codes_meta, ckpt = _resolve(req, meta)
     device = ctx.device if ctx.world_size > 1 else resolve_device(req.device)
@@ -310,7 +314,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
             "optimizer": opt.state_dict(), "rng": rng, "epoch": epoch, "step": step, "best_metric": best,
             "bad_epochs": bad_epochs, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
             "dataset_fingerprint": ds.fingerprint, "codes_meta": codes_meta, "world_size": world,
-            "metrics": metrics_now,
+            "metrics": metrics_now, "last_loss": last_loss,
         })
 
     def validate_and_save(train_loss: float, epoch_end: bool) -> dict[str, float]:
@@ -334,7 +338,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
 
     max_steps = req.max_steps
     model.train()
-    stop_reason, last_metrics, loss_sum, loss_n = "max_epochs", {}, 0.0, 0
+    stop_reason, last_metrics, loss_sum, loss_n, last_loss = "max_epochs", {}, 0.0, 0, float("nan")
     in_epoch = step - epoch * steps_per_epoch if ckpt is not None else 0
     progress = progress_cb(steps_per_epoch, max_steps, req.time_limit) if (progress_cb and ctx.is_main) else None
     try:
@@ -357,16 +361,22 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                 batch = perm[lo:lo + per_step]
                 if len(batch) < per_step and cfg.steps_per_epoch:
                     batch = np.concatenate([batch, perm[: per_step - len(batch)]])
-                batch = batch[rank::world] if world > 1 else batch
-                loss = step_module(**make_batch(cfg, ds, batch, n_train, step, n_items, device))
+                denom = None
+                if world > 1 and cfg.model != "bert4rec":
+                    denom = max(1.0, float(np.minimum(n_train[batch] - 1, cfg.max_len).sum())) / world
+                    batch = batch[rank::world]
+                elif world > 1:
+                    batch = batch[rank::world]
+                loss = step_module(denom=denom, **make_batch(cfg, ds, batch, n_train, step, n_items, device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 step += 1
-                lv = float(loss.detach())
+                lv = float(dist.all_reduce_sum(loss.detach().reshape(1), device)[0]) / world
                 loss_sum += lv
+                last_loss = lv
                 loss_n += 1
                 if progress:
                     progress.advance(step, lv, len(batch) * world)
@@ -392,7 +402,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     result = TrainResult(run_dir=run_dir, model=cfg.model, embedding=cfg.embedding, device=str(device),
                          epochs=epoch, steps=step, elapsed_s=elapsed, stop_reason=stop_reason,
                          best_metric=best, last_metrics=last_metrics, parameters=count_parameters(model),
-                         world_size=world)
+                         world_size=world, last_loss=last_loss)
     dist.shutdown(ctx)
     return result
 

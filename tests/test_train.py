@@ -1,0 +1,276 @@
+"""`recjpq train` end to end on sample_data: learning, checkpoints, exact resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from recjpq_cli.cli import app
+
+SMALL = ["--set", "d=32", "--set", "max_len=50", "--set", "dropout=0.2", "--set", "val_users=300", "--device", "cpu"]
+
+
+def _run(runner: CliRunner, args: list[str]):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ds_codes(tmp_path_factory, sample_csv) -> tuple[Path, Path]:
+    runner = CliRunner()
+    root = tmp_path_factory.mktemp("train")
+    ds, codes = root / "ds", root / "codes.npy"
+    assert _run(runner, ["prepare", sample_csv, "--out", ds, "-q"]).exit_code == 0
+    res = _run(runner, ["assign", ds, "--strategy", "svd", "-m", "4", "-b", "64", "--out", codes, "-q"])
+    assert res.exit_code == 0, res.output
+    return ds, codes
+
+
+def _popularity_ndcg(ds: Path, users_sample: int = 300) -> float:
+    """Validation NDCG@10 of the popularity ranking on the same seeded sample train validates on."""
+    from recjpq_cli.config import build_config
+    from recjpq_cli.data.schema import load_dataset
+    from recjpq_cli.stages.train import Validator
+
+    data = load_dataset(ds)
+    cfg = build_config("sasrec", overrides={"val_users": users_sample, "max_len": 50})
+    v = Validator(data, cfg, torch.device("cpu"))
+    counts = torch.from_numpy(data.train_counts()).double()
+    from recjpq_cli.data import sequences
+    from recjpq_cli.jpq.embedding import FullEmbedding
+    from recjpq_cli.metrics import ndcg_at_k
+    from recjpq_cli.ranking import target_ranks
+
+    emb = FullEmbedding(n_items=data.n_items, d=1, tie=True)
+    with torch.no_grad():
+        emb.input.weight[:, 0] = counts.float() / counts.max()
+    h = torch.ones(len(v.users), 1)
+    rows, items = sequences.seen_items(data, v.users, v.pos)
+    ranks = target_ranks(emb, h, torch.from_numpy(data.item[v.pos].astype(np.int64)), rows, items)
+    return float(ndcg_at_k(ranks, 10).mean())
+
+
+def test_sasrec_jpq_learns_on_sample_data(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = _run(runner, ["train", ds, "--codes", codes, "--out", out, "--max-steps", 200, "-q",
+                        "--json", tmp_path / "t.json", *SMALL])
+    assert res.exit_code == 0, res.output + res.stderr
+    facts = json.loads((tmp_path / "t.json").read_text())
+    assert facts["steps"] == 200 and facts["stop_reason"] == "max_steps"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 200
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # the loss falls
+    best = max(x["NDCG@10"] for x in lines)
+    pop = _popularity_ndcg(ds)
+    assert best >= 2 * pop, (best, pop)
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (out / name).is_file()
+    ck = torch.load(out / "best.pt", weights_only=True)
+    for key in ("format_version", "model", "embedding", "model_args", "config", "state_dict", "optimizer", "rng",
+                "epoch", "step", "best_metric", "dataset_fingerprint", "codes_meta", "world_size"):
+        assert key in ck
+    assert ck["embedding"] == "jpq" and ck["world_size"] == 1
+    assert ck["best_metric"] == pytest.approx(best)
+    item_params = [k for k in ck["state_dict"] if k.startswith("items.")]
+    assert sorted(item_params) == ["items.centroids", "items.codes"]
+    conf = yaml.safe_load((out / "config.yaml").read_text())
+    assert conf["d"] == 32 and conf["model"] == "sasrec" and conf["embedding"] == "jpq"
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("gsasrec", ["--set", "negatives=16"]),
+    ("gsasrec", ["--set", "negatives=8", "--set", "negatives_per=sequence"]),
+    ("bert4rec", []),
+])
+def test_other_models_train_a_few_steps(ds_codes, tmp_path, model: str, extra: list[str]) -> None:
+    ds, codes = ds_codes
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--model", model, "--out", tmp_path / "r",
+                             "--max-steps", 3, "-q", *SMALL, *extra])
+    assert res.exit_code == 0, res.output + res.stderr
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert ck["model"] == model and ck["step"] == 3
+
+
+def test_dense_baseline_has_two_untied_tables_or_one_tied(ds_codes, tmp_path) -> None:
+    ds, _ = ds_codes
+    for tie, tables in (("false", 2), ("true", 1)):
+        out = tmp_path / f"dense-{tie}"
+        res = _run(CliRunner(), ["train", ds, "--embedding", "full", "--out", out, "--max-steps", 2, "-q", *SMALL,
+                                 "--set", f"tie_embeddings={tie}"])
+        assert res.exit_code == 0, res.output + res.stderr
+        sd = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+        assert len([k for k in sd if k.startswith("items.") and k.endswith("weight")]) == tables
+
+
+def test_resume_is_exact(ds_codes, tmp_path) -> None:
+    """Stopped after 3 steps and resumed to 7 ends with the same weights as 7 uninterrupted steps."""
+    ds, codes = ds_codes
+    runner = CliRunner()
+    common = [*SMALL, "--set", "batch_size=300", "--set", "dropout=0.3", "-q"]  # 4 steps an epoch
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(runner, ["train", ds, "--codes", codes, "--out", a, "--max-steps", 7, *common]).exit_code == 0
+    assert _run(runner, ["train", ds, "--codes", codes, "--out", b, "--max-steps", 3, *common]).exit_code == 0
+    res = _run(runner, ["train", ds, "--out", b, "--resume", "--max-steps", 7, "-q"])
+    assert res.exit_code == 0, res.output + res.stderr
+    sa = torch.load(a / "last.pt", weights_only=True)
+    sb = torch.load(b / "last.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 7
+    for k, v in sa["state_dict"].items():
+        assert torch.equal(v, sb["state_dict"][k]), k
+
+
+def test_resume_refuses_a_changed_setting(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    runner = CliRunner()
+    out = tmp_path / "r"
+    assert _run(runner, ["train", ds, "--codes", codes, "--out", out, "--max-steps", 1, *SMALL, "-q"]).exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--set", "d=64", "--max-steps", 2])
+    assert res.exit_code == 1 and "d=64" in _one_error_line(res)
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--model", "bert4rec"])
+    assert res.exit_code == 1
+    _one_error_line(res)
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--set", "d=32", "--max-steps", 2, "-q"])
+    assert res.exit_code == 0, res.stderr  # repeating the run's own value is fine
+    assert (out / "last.pt").read_bytes() != before
+
+
+def _codes_copy(src: Path, dst: Path, mutate=None, sidecar=True) -> Path:
+    arr = np.load(src)
+    if mutate:
+        arr = mutate(arr)
+    np.save(dst, arr)
+    if sidecar:
+        dst.with_suffix(".yaml").write_text(src.with_suffix(".yaml").read_text())
+    return dst
+
+
+@pytest.mark.parametrize("case", ["no_sidecar", "wrong_dtype", "d_not_divisible", "other_dataset",
+                                  "unknown_key", "wrong_type", "exists", "no_codes"])
+def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, case: str) -> None:
+    ds, codes = ds_codes
+    out = tmp_path / "run"
+    args = ["train", ds, "--out", out, "--max-steps", 1, *SMALL]
+    if case == "no_sidecar":
+        args += ["--codes", _codes_copy(codes, tmp_path / "c.npy", sidecar=False)]
+    elif case == "wrong_dtype":
+        args += ["--codes", _codes_copy(codes, tmp_path / "c.npy", mutate=lambda a: a.astype(np.float32))]
+    elif case == "d_not_divisible":
+        args += ["--codes", codes, "--set", "d=30", "--set", "num_heads=1"]
+    elif case == "other_dataset":
+        other = tmp_path / "other.yaml"
+        side = yaml.safe_load(codes.with_suffix(".yaml").read_text())
+        side["dataset_fingerprint"] = "0" * 64
+        c = _codes_copy(codes, tmp_path / "other.npy")
+        c.with_suffix(".yaml").write_text(yaml.safe_dump(side))
+        del other
+        args += ["--codes", c]
+    elif case == "unknown_key":
+        args += ["--codes", codes, "--set", "dimension=3"]
+    elif case == "wrong_type":
+        args += ["--codes", codes, "--set", "d=big"]
+    elif case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+        args += ["--codes", codes]
+    elif case == "no_codes":
+        pass
+    res = _run(CliRunner(), args)
+    assert res.exit_code == 1, res.output + res.stderr
+    _one_error_line(res)
+    if case == "exists":
+        assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    else:
+        assert not out.exists()
+
+
+def test_unknown_model_is_a_usage_error(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--model", "gru4rec", "--out", tmp_path / "r"])
+    assert res.exit_code == 2
+    assert "sasrec" in res.stderr and "bert4rec" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_checkpoint_on_resume_is_an_error_and_run_is_untouched(ds_codes, tmp_path, damage: str) -> None:
+    ds, codes = ds_codes
+    runner = CliRunner()
+    out = tmp_path / "r"
+    assert _run(runner, ["train", ds, "--codes", codes, "--out", out, "--max-steps", 1, *SMALL, "-q"]).exit_code == 0
+    last = out / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 10)
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--max-steps", 2])
+    assert res.exit_code == 1
+    assert "last.pt" in _one_error_line(res)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+
+
+def test_memory_estimate_refuses_before_allocating(ds_codes, tmp_path, monkeypatch) -> None:
+    ds, _ = ds_codes
+    import recjpq_cli.stages.train as st
+
+    monkeypatch.setattr(st, "available_bytes", lambda device: 1024)
+    res = _run(CliRunner(), ["train", ds, "--embedding", "full", "--out", tmp_path / "r", *SMALL])
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert "GiB" in line and "--codes" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_and_precedence(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    conf = tmp_path / "c.yaml"
+    conf.write_text("d: 16\nmax_len: 30\nlr: 0.01\nval_users: 50\n")
+    out = tmp_path / "r"
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--config", conf, "--set", "d=32", "--out", out,
+                             "--max-steps", 1, "--patience", 3, "-q", "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["d"] == 32 and saved["max_len"] == 30 and saved["lr"] == 0.01 and saved["patience"] == 3
+
+
+def test_early_stopping_keeps_best(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    out = tmp_path / "r"
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--out", out, "--max-epochs", 30, "--patience", 1,
+                             "--set", "lr=0.3", "-q", "--json", tmp_path / "j.json", *SMALL])
+    assert res.exit_code == 0, res.stderr
+    facts = json.loads((tmp_path / "j.json").read_text())
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    if facts["stop_reason"] == "early_stop":
+        assert lines[-1]["NDCG@10"] <= max(x["NDCG@10"] for x in lines[:-1])
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["best_metric"] == pytest.approx(max(x["NDCG@10"] for x in lines))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_steps_and_checkpoint_round_trip(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    out = tmp_path / "r"
+    args = ["train", ds, "--codes", codes, "--out", out, "--max-steps", 5, "--device", "cuda",
+            "--set", "d=32", "--set", "max_len=50", "-q"]
+    res = _run(CliRunner(), args)
+    assert res.exit_code == 0, res.stderr
+    ck = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
+    assert all(v.device.type == "cpu" for v in ck["state_dict"].values())
+    res = _run(CliRunner(), ["train", ds, "--out", out, "--resume", "--max-steps", 8, "--device", "cuda", "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 8
