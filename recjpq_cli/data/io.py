@@ -80,7 +80,7 @@ def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
         for t in tmps:
             t.unlink(missing_ok=True)
         raise
-    for t, p in zip(tmps, paths):
+    for t, p in zip(tmps, paths, strict=True):
         os.replace(t, p)
 
 

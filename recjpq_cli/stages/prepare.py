@@ -23,7 +23,6 @@ from recjpq_cli.data.schema import DATASET_FORMAT_VERSION, DATASET_YAML, INTERAC
 from recjpq_cli.errors import ConfigError, InputError
 
 LONG_TAIL_THRESHOLD = 5
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -192,22 +191,44 @@ def _compact(codes: np.ndarray, values: pl.Series) -> tuple[np.ndarray, pl.Serie
     return new[codes], values.filter(pl.Series(present))
 
 
+def _stable_argsort(key: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative int64 keys below 2**(63 - bits(n)): the row index is packed into
+    the low bits, so one plain (fast, SIMD) sort of int64 values gives the stable order."""
+    n = key.size
+    rb = max(1, (n - 1).bit_length())
+    packed = key << rb
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    packed &= (1 << rb) - 1
+    return packed
+
+
+def _is_sorted(user: np.ndarray, ts: np.ndarray) -> bool:
+    du = np.diff(user)
+    return bool(((du > 0) | ((du == 0) & (ts[1:] >= ts[:-1]))).all())
+
+
 def _order(user: np.ndarray, ts: np.ndarray, n_users: int) -> np.ndarray | None:
-    """The stable order by (user, time); None when the rows are already in that order."""
-    t0 = int(ts.min())
-    span = int(ts.max()) - t0 + 1
-    if n_users <= _INT64_MAX // span:
-        key = user.astype(np.int64)
-        key *= span
-        key += ts
-        key -= t0
-    else:  # times too spread to pack with the user: pack the time's rank instead
-        _, t_rank = np.unique(ts, return_inverse=True)
-        key = user.astype(np.int64) * (int(t_rank.max()) + 1) + t_rank
-    if bool((key[1:] >= key[:-1]).all()):
+    """The stable order by (user, time), ties in file order; None when the rows are already in it."""
+    if _is_sorted(user, ts):
         return None
-    order = pl.DataFrame({"k": key}).select(pl.arg_sort_by("k", maintain_order=True))["k"]
-    return order.to_numpy()
+    n = user.size
+    rb = max(1, (n - 1).bit_length())
+    t = ts - ts.min()
+    t_bits = int(t.max()).bit_length()
+    u_bits = max(1, (n_users - 1).bit_length())
+    if u_bits + t_bits + rb <= 63:  # one pass over (user, time) packed into one key
+        key = user.astype(np.int64) << t_bits
+        key |= t
+        return _stable_argsort(key)
+    # two stable passes (by time, then by user); times too spread to pack are replaced by their rank
+    if t_bits + rb > 63:
+        t = np.unique(t, return_inverse=True)[1].astype(np.int64)
+    first = None if bool((t[1:] >= t[:-1]).all()) else _stable_argsort(t)
+    del t
+    u = user.astype(np.int64) if first is None else user[first].astype(np.int64)
+    second = _stable_argsort(u)
+    return second if first is None else first[second]
 
 
 def _positions(user: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
