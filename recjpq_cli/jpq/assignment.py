@@ -1,0 +1,291 @@
+"""Code assignment: item codes ``(n_items, M)`` from training interactions, before any training.
+
+Three strategies behind one method, ``assign(train, M=, ksub=, seed=) -> Assignment``:
+
+- ``random``: each split's sub-id drawn uniformly from ``0..ksub-1``.
+- ``svd``: truncated SVD of the users x items count matrix; right singular vector k gives split k.
+- ``bpr``: BPR matrix factorisation with M factors (``jpq/bpr.py``); factor k gives split k.
+
+``svd`` and ``bpr`` turn their real-valued item factors into codes with :func:`discretise` (exact
+equal-frequency bins). :func:`make_unique` then moves the items whose full code repeats an earlier
+item's code to the nearest free code. Everything here is pure numpy / scipy / torch on arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from recjpq_cli.errors import ConfigError
+
+NOISE_STD = 1e-5
+ProgressFn = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The training interactions only: one row per interaction (repeats kept)."""
+
+    user: np.ndarray  # (N,) int64, 0..n_users-1
+    item: np.ndarray  # (N,) int64, 1..n_items (0 is padding and never appears)
+    n_users: int
+    n_items: int
+
+
+@dataclass
+class Assignment:
+    codes: np.ndarray  # (n_items, M) int64, items 1..n_items in rows 0..n_items-1
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    name: str
+
+    def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment: ...
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent seeded streams per purpose (start vector, noise, random codes)."""
+    return np.random.default_rng([seed, stream])
+
+
+# --------------------------------------------------------------------------------------------------
+# Discretisation: real-valued factors -> balanced codes
+
+
+def stable_rank(x: np.ndarray) -> np.ndarray:
+    """Per column, each row's position in a stable ascending sort (ties keep row order)."""
+    order = np.argsort(x, axis=0, kind="stable")  # (n, M)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(x.shape[0], dtype=order.dtype)[:, None], axis=0)
+    return rank
+
+
+def discretise(factors: np.ndarray, ksub: int, seed: int) -> np.ndarray:
+    """Min-max normalise each column, add seeded N(0, 1e-5) noise, cut into ``ksub`` equal-frequency bins.
+
+    ``bin = rank * ksub // n`` by stable rank: exact quantiles over all items, so every bin holds
+    ``floor(n / ksub)`` or ``ceil(n / ksub)`` items.
+    """
+    f = np.asarray(factors, dtype=np.float64)  # (n, M)
+    n = f.shape[0]
+    lo, hi = f.min(axis=0), f.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    x = (f - lo) / span + _rng(seed, 1).normal(0.0, NOISE_STD, size=f.shape)
+    return stable_rank(x) * ksub // n
+
+
+# --------------------------------------------------------------------------------------------------
+# Collisions and uniqueness
+
+
+def duplicate_mask(codes: np.ndarray) -> np.ndarray:
+    """True for every item whose full code equals that of an item with a smaller id."""
+    n = codes.shape[0]
+    order = np.lexsort(codes.T[::-1])  # stable: equal codes stay in item-id order
+    s = codes[order]
+    repeat = np.zeros(n, dtype=bool)
+    repeat[1:] = np.all(s[1:] == s[:-1], axis=1)
+    mask = np.empty(n, dtype=bool)
+    mask[order] = repeat
+    return mask
+
+
+def count_collisions(codes: np.ndarray) -> int:
+    """Items that share their full code with an earlier item (n_items - distinct codes)."""
+    return int(duplicate_mask(codes).sum()) if codes.shape[0] else 0
+
+
+def occupancy(codes: np.ndarray, ksub: int) -> dict[str, list[int]]:
+    """Per split, the fewest and the most items on one centroid."""
+    counts = [np.bincount(codes[:, k], minlength=ksub) for k in range(codes.shape[1])]
+    return {"min": [int(c.min()) for c in counts], "max": [int(c.max()) for c in counts]}
+
+
+def _row_keys(codes: np.ndarray, ksub: int) -> np.ndarray:
+    """One uint64 per code: exact bit packing when ``M * bits(ksub) <= 64``, else a mixing hash.
+
+    Equal codes always get equal keys, so "key not used" proves a code is free; a hash clash can only
+    make a free code look used, which costs optimality, never uniqueness.
+    """
+    c = codes.astype(np.uint64)
+    bits = max(1, int(ksub - 1).bit_length())
+    key = np.zeros(c.shape[0], dtype=np.uint64)
+    if bits * c.shape[1] <= 64:
+        for k in range(c.shape[1]):  # over splits, not items
+            key = (key << np.uint64(bits)) | c[:, k]
+        return key
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for k in range(c.shape[1]):
+            key = (key ^ (c[:, k] + np.uint64(k + 1))) * mult
+            key ^= key >> np.uint64(29)
+    return key
+
+
+class _UsedCodes:
+    """Membership of codes: a sorted key array of the original codes plus a set of the codes given out since."""
+
+    def __init__(self, codes: np.ndarray, ksub: int) -> None:
+        self.ksub = ksub
+        self.sorted = np.unique(_row_keys(codes, ksub))
+        self.added: set[int] = set()
+        self.scan_from = 0  # lexicographic codes below this are known to be taken
+
+    def free(self, cand: np.ndarray) -> np.ndarray:
+        keys = _row_keys(cand, self.ksub)
+        pos = np.minimum(np.searchsorted(self.sorted, keys), self.sorted.size - 1)
+        used = self.sorted[pos] == keys
+        if self.added:
+            used |= np.fromiter(map(self.added.__contains__, keys.tolist()), dtype=bool, count=keys.size)
+        return ~used
+
+    def add(self, code: np.ndarray) -> None:
+        self.added.add(int(_row_keys(code[None, :], self.ksub)[0]))
+
+
+def _lexicographic(t: np.ndarray, M: int, ksub: int) -> np.ndarray:
+    """Codes number ``t`` (small non-negative int64) in lexicographic order, as ``(len(t), M)`` digits."""
+    out = np.zeros((t.size, M), dtype=np.int64)
+    for k in range(M):  # over splits
+        power = ksub ** (M - 1 - k)
+        if power <= int(t.max()):
+            out[:, k] = (t // power) % ksub
+    return out
+
+
+def _nearest_free(code: np.ndarray, used: _UsedCodes, ksub: int) -> np.ndarray:
+    """The free code nearest to ``code`` changing one split: the last split first, nearest value, ties low."""
+    values = np.arange(ksub, dtype=np.int64)
+    for k in range(code.shape[0] - 1, -1, -1):
+        cand = np.repeat(code[None, :], ksub, axis=0)  # (ksub, M)
+        cand[:, k] = values
+        free = used.free(cand)
+        if free.any():
+            dist = np.abs(values - code[k]) * 2 + (values > code[k])  # nearest, ties to the lower value
+            return cand[int(np.argmin(np.where(free, dist, np.iinfo(np.int64).max)))]
+    # Every one-split neighbour is taken (only when ksub^M is close to n_items): the first free code in
+    # lexicographic order. It exists among the first n_items + 1 codes, so int64 numbering suffices.
+    block = 4096
+    while True:
+        t = np.arange(used.scan_from, used.scan_from + block, dtype=np.int64)
+        cand = _lexicographic(t, code.shape[0], ksub)
+        free = used.free(cand)
+        if free.any():
+            return cand[int(np.argmax(free))]
+        used.scan_from += block
+
+
+def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
+    """Give every item a distinct code, moving as few items as possible; returns (codes, items moved).
+
+    Items sharing a full code are visited in item-id order; each occurrence after the first moves to the
+    nearest free code: the last split's value changed to the nearest unused one, else the split before,
+    and so on. Only the colliding items are looped over.
+    """
+    dup = duplicate_mask(codes)
+    moved = np.flatnonzero(dup)
+    if moved.size == 0:
+        return codes, 0
+    if float(ksub) ** codes.shape[1] < codes.shape[0]:
+        raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
+                          f"{ksub}^{codes.shape[1]} exist")
+    out = codes.copy()
+    used = _UsedCodes(codes, ksub)
+    for i in moved:  # colliding items only
+        out[i] = _nearest_free(out[i], used, ksub)
+        used.add(out[i])
+    return out, int(moved.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# The strategies
+
+
+class RandomStrategy:
+    name = "random"
+
+    def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
+        codes = _rng(seed, 2).integers(0, ksub, size=(train.n_items, M), dtype=np.int64)
+        return Assignment(codes=codes)
+
+
+def count_matrix(train: TrainData) -> Any:
+    """Users x items CSR matrix of interaction counts; column j is item j + 1 (padding excluded)."""
+    import scipy.sparse as sp
+
+    a = sp.csr_matrix((np.ones(train.user.size, dtype=np.float64), (train.user, train.item - 1)),
+                      shape=(train.n_users, train.n_items))
+    a.sum_duplicates()
+    return a
+
+
+def fix_signs(vt: np.ndarray) -> np.ndarray:
+    """Flip each row so that its largest-magnitude entry is positive."""
+    idx = np.argmax(np.abs(vt), axis=1)
+    sign = np.where(vt[np.arange(vt.shape[0]), idx] < 0, -1.0, 1.0)
+    return vt * sign[:, None]
+
+
+def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-M right singular vectors ``(n_items, M)``, by singular value descending, and the singular values.
+
+    scipy's ``svds`` (ARPACK, seeded start vector) when ``M < min(shape)``; a dense SVD when ``M`` equals
+    ``min(shape)`` (only on tiny matrices); more components than that do not exist.
+    """
+    from scipy.sparse.linalg import svds
+
+    r = min(a.shape)
+    if M > r:
+        raise ConfigError(f"svd with M={M} needs at least {M} users and items with training interactions; "
+                          f"the count matrix is {a.shape[0]} x {a.shape[1]} (use a smaller -m or another strategy)")
+    if M < r:
+        v0 = _rng(seed, 0).uniform(-1.0, 1.0, r)
+        _, s, vt = svds(a, k=M, v0=v0, return_singular_vectors="vh")
+    else:
+        _, s, vt = np.linalg.svd(a.toarray(), full_matrices=False)
+    order = np.argsort(-s, kind="stable")
+    return fix_signs(vt[order]).T, s[order]
+
+
+class SVDStrategy:
+    name = "svd"
+
+    def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
+        a = count_matrix(train)
+        factors, s = svd_factors(a, M, seed)
+        total = float(np.square(a.data).sum())
+        explained = float(np.square(s).sum() / total) if total > 0 else 0.0
+        return Assignment(codes=discretise(factors, ksub, seed),
+                          facts={"explained_variance": explained, "singular_values": [float(x) for x in s]})
+
+
+class BPRStrategy:
+    name = "bpr"
+
+    def __init__(self, epochs: int = 20, on_epoch: ProgressFn | None = None) -> None:
+        self.epochs = epochs
+        self.on_epoch = on_epoch
+
+    def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
+        from recjpq_cli.jpq.bpr import train_bpr
+
+        factors, loss = train_bpr(train, M=M, epochs=self.epochs, seed=seed, on_epoch=self.on_epoch)
+        return Assignment(codes=discretise(factors, ksub, seed),
+                          facts={"final_loss": loss, "epochs": self.epochs})
+
+
+STRATEGIES = ("random", "svd", "bpr")
+
+
+def get_strategy(name: str, *, epochs: int = 20, on_epoch: ProgressFn | None = None) -> Strategy:
+    """The strategy called ``name``; an unknown name is a ConfigError listing the valid ones."""
+    if name == "random":
+        return RandomStrategy()
+    if name == "svd":
+        return SVDStrategy()
+    if name == "bpr":
+        return BPRStrategy(epochs=epochs, on_epoch=on_epoch)
+    raise ConfigError(f"unknown strategy {name!r} (valid: {', '.join(STRATEGIES)})")
