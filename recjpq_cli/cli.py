@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from recjpq_cli import __version__
-from recjpq_cli.commands import prepare, synth, train
+from recjpq_cli.commands import assign, prepare, synth, train
 
 app = typer.Typer(
     name="recjpq",
@@ -23,6 +23,7 @@ app = typer.Typer(
 
 app.command("synth")(synth.synth)
 app.command("prepare")(prepare.prepare)
+app.command("assign")(assign.assign)
 app.command("train")(train.train)
 
 

@@ -42,3 +42,23 @@ def train_table(r: Any) -> None:
             ("item parameters", r.parameters["item"]), ("backbone parameters", r.parameters["backbone"]),
             ("processes", r.world_size), ("seconds", round(r.elapsed_s, 1)), ("run folder", str(r.run_dir))]
     kv_table("train", rows)
+
+
+def assign_table(r: Any) -> None:
+    m = r.meta
+    occ = m["occupancy"]
+    rows: list[tuple[str, Any]] = [
+        ("strategy", m["strategy"]), ("code length M / centroids ksub", f"{m['M']} / {m['ksub']:,}"),
+        ("items", m["n_items"]), ("seed", m["seed"]),
+    ]
+    if "explained_variance" in m:
+        rows.append(("explained variance", f"{m['explained_variance']:.2%}"))
+    if "final_loss" in m:
+        rows.append((f"final BPR loss ({m['epochs']} epochs)", round(float(m["final_loss"]), 4)))
+    rows += [
+        ("collisions before / after", f"{m['collisions_before']:,} / {m['collisions_after']:,}"
+         + ("" if m.get("unique", True) else " (--no-unique)")),
+        ("items per centroid, min / max per split", "  ".join(f"{a}/{b}" for a, b in zip(occ["min"], occ["max"], strict=True))),
+        ("written", f"{r.out} (+ {r.sidecar.name}, {m['dtype']})"), ("seconds", round(float(m["seconds"]), 2)),
+    ]
+    kv_table("assign", rows)
