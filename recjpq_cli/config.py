@@ -7,6 +7,7 @@ Values of ``--set`` are parsed as YAML (never evaluated). Unknown keys and wrong
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0: off
     steps_per_epoch: int = 0  # 0: one pass over the training users
+    # Added to every logit inside BCE/gBCE (never to ranking scores). None: -log(negatives), so the
+    # negatives' summed gradient starts comparable to the positive's (prior-probability initialisation).
+    logit_shift: float | None = None
 
     def resolved_ffn_dim(self) -> int:
         return self.ffn_dim if self.ffn_dim is not None else self.d
+
+    def resolved_logit_shift(self) -> float:
+        if self.logit_shift is not None:
+            return self.logit_shift
+        return -math.log(self.negatives) if self.negatives > 1 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,7 +84,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
-    if t == "float":
+    if t.startswith("float"):
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):

@@ -253,6 +253,9 @@ class LossModule(torch.nn.Module):
         pos = items.score(h, tgt.unsqueeze(-1))[..., 0]
         neg = items.score(h, negs) if negs.dim() == 3 else items.score_shared(h, negs)
         valid = (tgt != 0) & (inp != 0)  # a real target after a real input item
+        shift = cfg.resolved_logit_shift()
+        if shift:
+            pos, neg = pos + shift, neg + shift
         return losses.gbce(pos, neg, valid, n_items=items.n_items, t=cfg.gbce_t, denom=denom)
 
 
