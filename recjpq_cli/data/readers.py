@@ -69,7 +69,7 @@ def _head_text(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start < len(raw) - 4:  # a multi-byte character cut at the sniff boundary is fine
+        if len(raw) < _SNIFF_BYTES or e.start < len(raw) - 4:  # a character cut at the sniff end is fine
             raise InputError(f"{path}: not UTF-8 text (byte {e.start} is invalid)") from None
         text = raw[: e.start].decode("utf-8")
     lines = [ln for ln in text.lstrip("\ufeff").splitlines()[:20] if ln.strip()]
@@ -245,7 +245,9 @@ def _read_delimited(sep: str) -> Callable[..., RawLog]:
     def read(path: Path, user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = "timestamp",
              time_col_given: bool = False, **_: object) -> RawLog:
         _head_text(path)
-        lf = pl.scan_csv(path, separator=sep, infer_schema_length=10_000)
+        # ids are read as text, so that they are kept as written ("007" stays "007")
+        lf = pl.scan_csv(path, separator=sep, infer_schema_length=10_000,
+                         schema_overrides={user_col: pl.String, item_col: pl.String})
         return _generic(lf, path, user_col, item_col, time_col, time_col_given, first_line=2)
     return read
 

@@ -133,10 +133,24 @@ def _int_codes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int32), values
 
 
-def _dense_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """Codes 0..k-1 in ascending raw-id order and the raw ids (as strings) in code order.
+_POW10 = np.array([10**k for k in range(1, 19)], dtype=np.int64)
 
-    Numeric order when every raw id is an integer (and no two spell the same number), else lexicographic.
+
+def _canonical_ints(s: pl.Series) -> np.ndarray | None:
+    """The integers of a text column when every value is one written plainly (no sign, padding or
+    leading zero: so two different texts never give the same number), else None."""
+    x = s.cast(pl.Int64, strict=False)
+    if x.null_count():
+        return None
+    a = x.to_numpy()
+    digits = np.searchsorted(_POW10, np.abs(a), side="right") + 1 + (a < 0)
+    return a if bool((s.str.len_bytes().to_numpy() == digits).all()) else None
+
+
+def _dense_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Codes 0..k-1 in ascending raw-id order and the raw ids (as written, as strings) in code order.
+
+    Numeric order when every raw id is an integer, else lexicographic (byte order).
     """
     if s.dtype.is_float() and (s == s.floor()).all():
         s = s.cast(pl.Int64)
@@ -144,13 +158,12 @@ def _dense_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
         codes, values = _int_codes(s.cast(pl.Int64).to_numpy())
         return codes, pl.Series(values).cast(pl.String)
     s = s.cast(pl.String)
-    uniq = s.unique()
-    as_int = uniq.str.strip_chars().cast(pl.Int64, strict=False)
-    if as_int.null_count() == 0 and as_int.n_unique() == uniq.len():
-        codes, _ = _int_codes(s.str.strip_chars().cast(pl.Int64).to_numpy())
-        return codes, uniq.gather(as_int.arg_sort())
-    uniq = uniq.sort()
-    return uniq.search_sorted(s, side="left").cast(pl.Int32).to_numpy(), uniq
+    ints = _canonical_ints(s)
+    if ints is not None:
+        codes, values = _int_codes(ints)
+        return codes, pl.Series(values).cast(pl.String)
+    uniq = s.unique().sort()
+    return uniq.search_sorted(s, side="left").cast(pl.Int32).to_numpy(writable=True), uniq
 
 
 def _filter(user: np.ndarray, item: np.ndarray, min_user: int, min_item: int) -> tuple[np.ndarray | None, dict]:
