@@ -1,9 +1,15 @@
 """``synth``: a realistic synthetic interaction log with sequential structure, fully vectorised.
 
-Items fall into latent groups; a user's next item comes from the current group with probability
-``stay`` (else a new group is drawn by popularity), and within a group by a long-tailed (Zipf) popularity.
-Every item 1..N appears at least once, every user has at least ``min_len`` interactions, so
-``prepare`` with default filters keeps the whole catalogue.
+Items fall into latent groups (about ``group_size`` items each) and each group lists its items in a fixed
+random order, its *chain*. A user's log is a series of runs: a run starts at an item of a group and walks
+along the group's chain, one item per interaction, until it jumps (probability ``1 - follow`` at each step)
+to a fresh start, in the same group with probability ``stay`` and otherwise in a new group drawn by
+popularity. Group popularity is long-tailed (the sum of Zipf item weights); starts within a group are drawn
+by a tempered (square-root) item weight, so no item dominates its group and immediate repeats are rare.
+A model can learn "the next item in the chain"; a popularity ranking cannot.
+
+Every item 1..N appears at least once and every user has at least ``MIN_LEN`` interactions, so ``prepare``
+with its default filters keeps the whole catalogue. Memory is a few arrays of the output's length.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ class SynthConfig:
     out: Path
     seed: int = 0
     group_size: int = 50
-    stay: float = 0.8
+    follow: float = 0.6  # probability that the next item is the next one in the group's chain
+    stay: float = 0.5  # after a jump: probability of staying in the same group
     zipf: float = 1.0
     overwrite: bool = False
 
@@ -60,54 +67,101 @@ def _lengths(rng: np.random.Generator, users: int, total: int) -> np.ndarray:
     return lengths
 
 
+def _catalogue(rng: np.random.Generator, n: int, group_size: int, zipf: float):
+    """Items in chains: ``chain`` lists items group by group; group g is ``chain[first[g]:first[g] + size[g]]``.
+
+    Returns (chain, first, size, group weight, cumulative tempered start weight along ``chain``).
+    """
+    n_groups = max(1, n // group_size)
+    weight = 1.0 / np.power(rng.permutation(n).astype(np.float64) + 1.0, zipf)  # Zipf by a random rank
+    group_of = rng.integers(0, n_groups, n)
+    shuffled = rng.permutation(n)
+    chain = shuffled[np.argsort(group_of[shuffled], kind="stable")].astype(np.int32)  # random order inside
+    size = np.bincount(group_of, minlength=n_groups)
+    first = np.cumsum(size) - size
+    group_weight = np.bincount(group_of, weights=weight, minlength=n_groups)
+    start_cum = np.cumsum(np.sqrt(weight[chain]))
+    keep = size > 0
+    return chain, first[keep].astype(np.int32), size[keep].astype(np.int32), group_weight[keep], start_cum
+
+
+def _search(cum: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``searchsorted(cum, targets, side="right")`` as int32, with the targets sorted first: random
+    binary searches into a large array miss the cache at every step, sorted ones walk it in order."""
+    order = np.argsort(targets)
+    out = np.empty(targets.size, dtype=np.int32)
+    out[order] = np.searchsorted(cum, targets[order], side="right")
+    return out
+
+
 def generate(cfg: SynthConfig) -> pl.DataFrame:
     """The log as a DataFrame ``user_id, item_id, timestamp`` sorted by user then time."""
     rng = np.random.default_rng(cfg.seed)
     n, k, u = cfg.items, cfg.interactions, cfg.users
+    idx_t = np.int32 if k < 2**31 else np.int64
     lengths = _lengths(rng, u, k)
-    user = np.repeat(np.arange(1, u + 1, dtype=np.int64), lengths)
+    user_first = (np.cumsum(lengths) - lengths).astype(idx_t)
+    chain, first, size, group_weight, start_cum = _catalogue(rng, n, cfg.group_size, cfg.zipf)
 
-    # Items: random group membership, Zipf popularity by a random rank.
-    n_groups = max(1, n // cfg.group_size)
-    popularity = 1.0 / np.power(rng.permutation(n).astype(np.float64) + 1.0, cfg.zipf)
-    group_of = rng.integers(0, n_groups, n)
-    order = np.argsort(group_of, kind="stable")  # items sorted by group
-    cum = np.cumsum(popularity[order])
-    group_end = np.searchsorted(group_of[order], np.arange(n_groups), side="right")
-    group_start = np.concatenate([[0], group_end[:-1]])
-    cum_before = np.where(group_start > 0, cum[np.maximum(group_start - 1, 0)], 0.0)
-    group_weight = np.where(group_end > group_start, cum[np.maximum(group_end - 1, 0)] - cum_before, 0.0)
+    # Runs: one starts at each user's first interaction and wherever the walk jumps.
+    run_start = rng.random(k, dtype=np.float32) >= cfg.follow
+    run_start[user_first] = True
+    run_of = np.cumsum(run_start, dtype=idx_t)  # (k,) run index + 1
+    run_of -= 1
+    run_begin = np.flatnonzero(run_start).astype(idx_t)
+    del run_start
+    r = run_begin.size
+    # Each run's group: a new one (by popularity) at a user's start, else with probability 1 - stay.
+    new_group = rng.random(r, dtype=np.float32) >= cfg.stay
+    new_group[run_of[user_first]] = True
+    g_cum = np.cumsum(group_weight)
+    drawn = np.searchsorted(g_cum, rng.random(int(new_group.sum())) * g_cum[-1], side="right")
+    group = np.empty(r, dtype=np.int32)
+    group[new_group] = np.minimum(drawn, group_weight.size - 1)
+    group = group[np.maximum.accumulate(np.where(new_group, np.arange(r, dtype=idx_t), 0))]
+    del new_group, drawn
+    # Each run's start in its group's chain, by the tempered weight.
+    g_first, g_size = first[group], size[group]
+    lo = np.where(g_first > 0, start_cum[np.maximum(g_first - 1, 0)], 0.0)
+    hi = start_cum[g_first + g_size - 1]
+    start = _search(start_cum, lo + rng.random(r) * (hi - lo))
+    del lo, hi
+    start = np.clip(start, g_first, g_first + g_size - 1) - g_first
+    del g_first, g_size
 
-    # The group chain: a switch at each user's start and with probability 1 - stay elsewhere.
-    starts = np.zeros(k, dtype=bool)
-    starts[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True
-    switch = starts | (rng.random(k) > cfg.stay)
-    idx = np.flatnonzero(switch)
-    new_group = np.searchsorted(np.cumsum(group_weight), rng.random(idx.size) * group_weight.sum(), side="right")
-    new_group = np.minimum(new_group, n_groups - 1)
-    last_switch = np.maximum.accumulate(np.where(switch, np.arange(k), 0))
-    group = np.empty(k, dtype=np.int64)
-    group[idx] = new_group
-    group = group[last_switch]
-    target = cum_before[group] + rng.random(k) * group_weight[group]
-    item = order[np.minimum(np.searchsorted(cum, target, side="right"), n - 1)].astype(np.int64)
+    # Walk: step j of a run is chain element (start + j) mod size of the run's group.
+    step = np.arange(k, dtype=idx_t)
+    step -= run_begin[run_of]
+    step += start[run_of]
+    del run_begin, start
+    g = group[run_of]
+    del run_of, group
+    step %= size[g]
+    step += first[g]
+    del g
+    item = chain[step]
+    del step
 
-    # Every item at least once: missing items replace spare repeats (not first occurrences).
+    # Every item at least once: missing items replace occurrences that are not an item's first.
     seen = np.zeros(n, dtype=bool)
     seen[item] = True
     missing = np.flatnonzero(~seen)
     if missing.size:
-        first = np.zeros(k, dtype=bool)
-        _, first_idx = np.unique(item, return_index=True)
-        first[first_idx] = True
-        spare = np.flatnonzero(~first)
-        item[rng.choice(spare, missing.size, replace=False)] = rng.permutation(missing)
+        spare = np.ones(k, dtype=bool)
+        spare[pl.Series(item).arg_unique().to_numpy()] = False
+        spare_idx = np.flatnonzero(spare).astype(idx_t)
+        del spare
+        item[rng.choice(spare_idx, missing.size, replace=False)] = rng.permutation(missing)
+        del spare_idx
     item += 1
 
-    gaps = rng.exponential(3600.0, k).astype(np.int64) + 1
-    gaps[starts] = rng.integers(1_500_000_000, 1_600_000_000, u)
-    ts = np.cumsum(gaps)  # increases within a user; each user starts at a fresh random time
-    ts = ts - np.repeat(ts[starts] - gaps[starts], lengths)
+    gaps = (rng.standard_exponential(k, dtype=np.float32) * 3600.0).astype(np.int64)
+    gaps += 1
+    gaps[user_first] = 0
+    ts = np.cumsum(gaps)  # increases within a user; each user starts at a random time
+    del gaps
+    ts += np.repeat(rng.integers(1_500_000_000, 1_600_000_000, u) - ts[user_first], lengths)
+    user = np.repeat(np.arange(1, u + 1, dtype=np.int32), lengths)
     return pl.DataFrame({"user_id": user, "item_id": item, "timestamp": ts})
 
 
