@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from recjpq_cli import __version__
-from recjpq_cli.commands import assign, prepare, synth, train
+from recjpq_cli.commands import assign, compress, evaluate, prepare, recommend, synth, train
 
 app = typer.Typer(
     name="recjpq",
@@ -25,6 +25,9 @@ app.command("synth")(synth.synth)
 app.command("prepare")(prepare.prepare)
 app.command("assign")(assign.assign)
 app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("compress")(compress.compress)
+app.command("recommend")(recommend.recommend)
 
 
 def _version(value: bool) -> None:

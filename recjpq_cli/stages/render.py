@@ -62,3 +62,78 @@ def assign_table(r: Any) -> None:
         ("written", f"{r.out} (+ {r.sidecar.name}, {m['dtype']})"), ("seconds", round(float(m["seconds"]), 2)),
     ]
     kv_table("assign", rows)
+
+
+def _mib(b: Any) -> str:
+    """Bytes for people: B, KiB, MiB or GiB."""
+    if b is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= scale:
+            return f"{b / scale:,.2f} {unit}"
+    return f"{b:,} B"
+
+
+def _ratio(x: Any) -> str:
+    return "-" if x is None else f"{x:,.1f}x"
+
+
+def evaluate_table(r: Any) -> None:
+    """Rows = runs, columns = metrics and model size, as the paper's table; + = - from the paired t-tests.
+    Every k is in --json; the table keeps to the paper's columns so it fits a terminal."""
+    k = 10 if 10 in r.ks else r.ks[-1]
+    t = Table(title=f"evaluate: {r.split}, {r.users:,} users"
+              + (f" (sampled from {r.users_total:,}, seed {r.seed})" if r.sampled_users else "")
+              + (", seen items filtered" if r.filter_seen else ", seen items kept"), title_justify="left")
+    t.add_column("run", style="bold", no_wrap=True, min_width=10)
+    for name in (f"NDCG@{k}", f"Recall@{k}", "MRR", f"tail NDCG@{k}", "size", "item ratio"):
+        t.add_column(name, justify="right", no_wrap=True)
+    for run in r.runs:
+        m = run.metrics
+        mark = run.significance.get("mark") or ""
+        t.add_row(run.name, f"{m[f'NDCG@{k}']:.4f}{mark if k == 10 else ''}", f"{m[f'Recall@{k}']:.4f}",
+                  f"{m['MRR']:.4f}", f"{run.long_tail['metrics'].get(f'NDCG@{k}', float('nan')):.4f}",
+                  _mib(run.size.get("model_bytes")), _ratio(run.size.get("item_table_ratio")))
+    console().print(t)
+    alpha = r.runs[0].significance.get("alpha_corrected", 0.05) if r.runs else 0.05
+    notes = [f"long tail (< 5 training interactions): {r.long_tail_share:.1%} of targets"]
+    if len(r.runs) > 1:
+        notes.append(f"+ = -: paired t-test on NDCG@10 against {r.runs[0].name} (alpha 0.05, Bonferroni: {alpha:.3g})")
+    verb = "counted as misses" if r.filter_seen else "kept in the ranking"
+    notes.append(f"targets repeating an input item: {r.repeated_targets:,} ({verb})")
+    if r.per_user:
+        notes.append(f"per-user rows of {r.runs[0].name}: {r.per_user}")
+    console().print("\n".join(notes))
+
+
+def compress_table(r: Any) -> None:
+    s = r.size
+    c = s["components"]
+    eq = s["dense_equivalent"]
+    t = Table(title=f"compress: {r.out} ({r.method}, M={r.M}, ksub={r.ksub:,})", title_justify="left")
+    t.add_column("component", style="bold")
+    t.add_column("parameters / entries", justify="right")
+    t.add_column("stored as", justify="right")
+    t.add_column("size", justify="right")
+    t.add_column("dense equivalent", justify="right")
+    t.add_row("codes", f"{c['codes']['count']:,}", r.codes_dtype, _mib(c["codes"]["bytes"]), "")
+    t.add_row("centroids", f"{c['centroids']['parameters']:,}", r.centroid_dtype, _mib(c["centroids"]["bytes"]), "")
+    t.add_row("item tables", "", "", _mib(s["item_table_bytes"]),
+              f"{_mib(eq['item_table_bytes'])} (2 x {s['n_items'] + 1:,} x {s['d']} fp32)")
+    t.add_row("backbone", f"{c['backbone']['parameters']:,}", "fp32", _mib(c["backbone"]["bytes"]),
+              _mib(c["backbone"]["bytes"]))
+    t.add_row("model", "", "", _mib(s["model_bytes"]), _mib(eq["model_bytes"]))
+    t.add_row("id maps", "", "parquet", _mib(c["id_maps"]["bytes"]), "")
+    t.add_row("file on disk", "", "safetensors", _mib(s["file_bytes"]),
+              f"checkpoint {_mib(s['checkpoint_bytes'])}")
+    console().print(t)
+    line = (f"item-table ratio {_ratio(s['item_table_ratio'])}, model ratio {_ratio(s['model_ratio'])}, "
+            f"file {_ratio(s['checkpoint_ratio'])} smaller than the checkpoint")
+    if r.quantisation_error:
+        line += "; relative squared error " + ", ".join(f"{k} {v:.3g}" for k, v in r.quantisation_error.items())
+    console().print(line)
+
+
+def recommend_summary(r: Any) -> None:
+    console().print(f"wrote {r.out}: top-{r.k} for {r.users:,} users ({r.rows:,} rows"
+                    + (", seen items filtered" if r.filter_seen else "") + f") in {r.seconds:.1f} s")

@@ -1,0 +1,127 @@
+"""Post-hoc product quantisation of a trained dense item table (``compress --from-dense``).
+
+k-means with ``ksub`` centroids in each of the ``M`` sub-spaces of size ``dsub = d / M``, all sub-spaces at
+once: the assignment step is one batched matmul per item chunk, ``(M, chunk, dsub) x (M, dsub, ksub)``, and
+the update is one ``index_add_`` over the flat ``(M * ksub)`` centroid table. Seeded; no loop over items.
+
+The result plugs into ``JPQEmbedding`` (codes ``(n_items + 1, M)`` with padding row 0, centroids
+``(M, ksub, dsub)``). A dense model with untied input and output tables gets one PQ per table:
+``PQInputJPQ`` scores with the output table's codes and embeds inputs with the input table's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recjpq_cli.jpq.embedding import JPQEmbedding
+
+KMEANS_CHUNK = 8_192
+# As faiss: k-means trains on at most this many rows per centroid; then every row is assigned once.
+MAX_POINTS_PER_CENTROID = 256
+# k-means++ seeding looks at this many rows per centroid (its cost is ksub passes over them).
+SEED_POINTS_PER_CENTROID = 32
+
+
+def codes_dtype(ksub: int) -> torch.dtype:
+    """The torch dtype that holds codes below ksub (uint16 codes live in int32 in torch, as in training)."""
+    return torch.uint8 if ksub <= 256 else torch.int32
+
+
+def _assign(x: Tensor, cents: Tensor, chunk: int) -> Tensor:
+    """Nearest centroid per sub-space: x (M, n, dsub), cents (M, ksub, dsub) -> (M, n) int64."""
+    c_sq = (cents * cents).sum(-1)[:, None, :]  # (M, 1, ksub)
+    c_t = cents.transpose(1, 2).contiguous()  # (M, dsub, ksub)
+    out = torch.empty(x.shape[0], x.shape[1], dtype=torch.long)
+    for s in range(0, x.shape[1], chunk):
+        dist = torch.baddbmm(c_sq, x[:, s:s + chunk], c_t, alpha=-2.0)  # (M, c, ksub), ||x||^2 dropped
+        out[:, s:s + chunk] = dist.argmin(-1)
+    return out
+
+
+def _kmeans_pp(x: Tensor, ksub: int, g: torch.Generator) -> Tensor:
+    """k-means++ seeding in every sub-space at once: x (M, n, dsub) -> (M, ksub, dsub)."""
+    m_splits, n, _ = x.shape
+    ar = torch.arange(m_splits)
+    first = torch.randint(0, n, (m_splits,), generator=g)
+    cents = [x[ar, first]]  # ksub entries of (M, dsub)
+    d2 = ((x - cents[0][:, None]) ** 2).sum(-1)  # (M, n)
+    for _ in range(1, ksub):
+        w = d2.double()
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # all covered: pick uniformly
+        nxt = torch.multinomial(w, 1, generator=g)[:, 0]
+        c = x[ar, nxt]
+        cents.append(c)
+        d2 = torch.minimum(d2, ((x - c[:, None]) ** 2).sum(-1))
+    return torch.stack(cents, 1)
+
+
+@torch.no_grad()
+def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 0,
+              chunk: int = KMEANS_CHUNK) -> tuple[Tensor, Tensor]:
+    """Product-quantise rows of ``table`` (n, d): codes (n, M) int64 and centroids (M, ksub, d / M) float32.
+
+    Trains on a seeded sample of at most ``256 * ksub`` rows (as faiss), then assigns every row. Centroids
+    start from k-means++ seeding; an emptied centroid is moved to a random row. Training stops early when no
+    assignment changes.
+    """
+    n, d = table.shape
+    if d % M:
+        raise ValueError(f"d={d} is not divisible by M={M}")
+    dsub = d // M
+    g = torch.Generator().manual_seed(seed)
+    x_all = table.detach().float().cpu().reshape(n, M, dsub).transpose(0, 1).contiguous()  # (M, n, dsub)
+    n_train = min(n, MAX_POINTS_PER_CENTROID * ksub)
+    x = x_all if n_train == n else x_all[:, torch.randperm(n, generator=g)[:n_train]].contiguous()
+    n = n_train
+    n_seed = min(n, SEED_POINTS_PER_CENTROID * ksub)
+    cents = _kmeans_pp(x[:, torch.randperm(n, generator=g)[:n_seed]], ksub, g)  # (M, ksub, dsub)
+    offsets = (torch.arange(M) * ksub)[:, None]  # (M, 1)
+    codes = _assign(x, cents, chunk)
+    for _ in range(iters):
+        flat = (codes + offsets).reshape(-1)  # (M * n,)
+        sums = torch.zeros(M * ksub, dsub).index_add_(0, flat, x.reshape(M * n, dsub))
+        counts = torch.bincount(flat, minlength=M * ksub).float()
+        empty = counts == 0
+        new = sums / counts.clamp(min=1.0)[:, None]
+        if bool(empty.any()):
+            refill = torch.randint(0, n, (int(empty.sum()),), generator=g)
+            which_m = torch.nonzero(empty)[:, 0] // ksub
+            new[empty] = x[which_m, refill]
+        cents = new.reshape(M, ksub, dsub)
+        new_codes = _assign(x, cents, chunk)
+        changed = bool((new_codes != codes).any())
+        codes = new_codes
+        if not changed:
+            break
+    if x is not x_all:
+        codes = _assign(x_all, cents, chunk)
+    return codes.T.contiguous(), cents
+
+
+def pq_embedding(table: Tensor, *, M: int, ksub: int, iters: int, seed: int,
+                 extra: Tensor | None = None) -> JPQEmbedding:
+    """A JPQEmbedding whose items 1..n are the PQ of ``table[1:]`` (row 0 is padding); ``extra`` rows
+    (BERT4Rec's mask token) are kept as they are."""
+    codes, cents = kmeans_pq(table[1:], M=M, ksub=ksub, iters=iters, seed=seed)
+    full = torch.zeros(table.shape[0], M, dtype=codes_dtype(ksub))
+    full[1:] = codes.to(full.dtype)
+    n_extra = 0 if extra is None else extra.shape[0]
+    emb = JPQEmbedding(codes=full, ksub=ksub, d=table.shape[1], extra_tokens=n_extra)
+    with torch.no_grad():
+        emb.centroids.copy_(cents)
+        if extra is not None:
+            emb.extra.copy_(extra)
+    return emb
+
+
+class PQInputJPQ(JPQEmbedding):
+    """Two PQ tables for a model trained with untied dense tables: this module's own codes and centroids are
+    the output table's (they score items, so ranking's fast path applies); ``input_pq`` embeds the inputs."""
+
+    def __init__(self, *, codes: Tensor, ksub: int, d: int, input_codes: Tensor, extra_tokens: int = 0):
+        super().__init__(codes=codes, ksub=ksub, d=d)
+        self.input_pq = JPQEmbedding(codes=input_codes, ksub=ksub, d=d, extra_tokens=extra_tokens)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.input_pq(ids)

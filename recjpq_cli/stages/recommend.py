@@ -1,0 +1,130 @@
+"""``recommend``: top-k next items per user from a run or a model file, written as Parquet.
+
+The input of each user is the whole known sequence (training, validation and test items); seen items are
+filtered out of the ranking by default. Scoring is the same chunked top-k as evaluation (PQTopK for JPQ on
+the CPU). Columns: ``user`` (raw id), ``rank`` (1..k), ``item`` (raw id), ``score``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recjpq_cli.data import sequences
+from recjpq_cli.data.io import atomic_file, check_output
+from recjpq_cli.data.schema import Dataset, load_dataset
+from recjpq_cli.errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    source: Path
+    data: Path
+    out: Path
+    k: int = 10
+    users_file: Path | None = None
+    filter_seen: bool = True
+    checkpoint: str = "best"
+    batch_size: int = 256
+    device: str = "auto"
+    overwrite: bool = False
+
+
+@dataclass
+class RecommendResult:
+    source: Path
+    out: Path
+    users: int
+    k: int
+    rows: int
+    filter_seen: bool
+    seconds: float
+
+    def facts(self) -> dict[str, Any]:
+        return {"source": str(self.source), "out": str(self.out), "users": self.users, "k": self.k,
+                "rows": self.rows, "filter_seen": self.filter_seen, "seconds": self.seconds}
+
+
+def read_users(path: Path, ds: Dataset) -> np.ndarray:
+    """Internal ids of the raw user ids in FILE (one a line; blank lines skipped, repeats kept once)."""
+    if not path.is_file():
+        raise InputError(f"{path}: users file not found")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the users file ({type(e).__name__})") from None
+    wanted = pl.DataFrame({"raw_user": [ln.strip() for ln in lines], "line": np.arange(1, len(lines) + 1)})
+    wanted = wanted.filter(pl.col("raw_user") != "").unique("raw_user", keep="first", maintain_order=True)
+    if wanted.height == 0:
+        raise InputError(f"{path}: no user ids in the file (one raw user id a line)")
+    known = ds.raw_users().to_frame().with_row_index("user")
+    joined = wanted.join(known, on="raw_user", how="left", maintain_order="left")
+    missing = joined.filter(pl.col("user").is_null())
+    if missing.height:
+        first = missing.row(0, named=True)
+        more = f" and {missing.height - 1} more" if missing.height > 1 else ""
+        raise InputError(f"{path}: unknown user id '{first['raw_user']}' (line {first['line']}){more}; "
+                         f"ids must be raw user ids of {ds.path}")
+    return joined["user"].to_numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def recommend_ids(model: torch.nn.Module, max_len: int, ds: Dataset, users: np.ndarray, k: int,
+                  filter_seen: bool, batch_size: int, device: torch.device,
+                  progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(B, k) item ids and scores per user, best first; -inf marks slots with no item left to recommend."""
+    from recjpq_cli.ranking import topk
+
+    k = min(k, ds.n_items)
+    ids = np.empty((len(users), k), dtype=np.int64)
+    scores = np.empty((len(users), k), dtype=np.float32)
+    task = progress.add_task("recommending", total=len(users), info="") if progress is not None else None
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        end = ds.offsets[u + 1]  # the whole known sequence
+        h = model.encode(sequences.histories(ds, u, end, max_len).to(device)).float()
+        rows = items = None
+        if filter_seen:
+            rows, items = (t.to(device) for t in sequences.seen_items(ds, u, end))
+        sc, it = topk(model.items, h, k, rows, items)
+        ids[s:s + len(u)], scores[s:s + len(u)] = it.cpu().numpy(), sc.float().cpu().numpy()
+        if task is not None:
+            progress.update(task, advance=len(u))
+    return ids, scores
+
+
+def run(cfg: RecommendConfig, progress: Any = None) -> RecommendResult:
+    from recjpq_cli.artifact import load_model
+    from recjpq_cli.stages.train import resolve_device
+
+    t0 = time.perf_counter()
+    if cfg.k < 1:
+        raise ConfigError(f"--k must be at least 1, got {cfg.k}")
+    if cfg.out.is_dir():
+        raise InputError(f"{cfg.out}: is a folder; --out takes the Parquet file to write")
+    check_output(cfg.out, cfg.overwrite, "recommendations file")
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.data)
+    users = read_users(cfg.users_file, ds) if cfg.users_file is not None else np.arange(ds.n_users, dtype=np.int64)
+    lm = load_model(cfg.source, checkpoint=cfg.checkpoint, data=cfg.data, fingerprint=ds.fingerprint, device=device)
+    ids, scores = recommend_ids(lm.model, int(lm.model_args["max_len"]), ds, users, cfg.k, cfg.filter_seen,
+                                cfg.batch_size, device, progress)
+    k = ids.shape[1]
+    keep = np.isfinite(scores).ravel()  # only when fewer than k unseen items exist
+    raw_items = lm.raw_items if lm.raw_items is not None else ds.raw_items()
+    df = pl.DataFrame({
+        "user": ds.raw_users().gather(pl.Series(np.repeat(users, k)[keep])),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[keep],
+        "item": raw_items.gather(pl.Series(ids.ravel()[keep])).alias("item"),
+        "score": scores.ravel()[keep],
+    })
+    with atomic_file(cfg.out) as tmp:
+        df.write_parquet(tmp)
+    return RecommendResult(source=cfg.source, out=cfg.out, users=len(users), k=k, rows=df.height,
+                           filter_seen=cfg.filter_seen, seconds=time.perf_counter() - t0)
