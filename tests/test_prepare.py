@@ -411,6 +411,16 @@ def test_out_would_replace_input(tmp_path):
     assert src.read_text() == NUMS
 
 
+@pytest.mark.parametrize("where", ["json", "out"])
+def test_unwritable_outputs_are_refused_before_work(tmp_path, sample_csv, where):
+    missing = tmp_path / "no" / "such"
+    out, json_path = (tmp_path / "ds", missing / "facts.json") if where == "json" else (missing / "ds", None)
+    args = ["prepare", sample_csv, "--out", out, "-q"] + (["--json", json_path] if json_path else [])
+    res = invoke(args)
+    assert res.exit_code == 1 and str(missing) in error_line(res) and "does not exist" in error_line(res)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_dir_without_overwrite(tmp_path, sample_csv):
     (tmp_path / "ds").mkdir()
     res = invoke(["prepare", sample_csv, "--out", tmp_path / "ds", "-q"])

@@ -99,6 +99,17 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def check_json_path(path: str | Path | None) -> None:
+    """Refuse a ``--json PATH`` that cannot be written, before any work is done."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: --json needs a file path, not a folder")
+    if not p.parent.is_dir():
+        raise InputError(f"{p.parent}: folder for the JSON output does not exist")
+
+
 def write_json(path: str | Path | None, facts: dict[str, Any]) -> None:
     """``--json PATH`` output: ``-`` means stdout; otherwise written atomically."""
     if path is None:

@@ -76,7 +76,7 @@ def _check(cfg: PrepareConfig) -> None:
     if src == out or out in src.parents:
         raise ConfigError(f"{cfg.out}: the dataset folder would replace the input {cfg.input}; "
                           f"choose another --out")
-    check_output(cfg.out, cfg.overwrite, "dataset folder")
+    check_output(cfg.out, cfg.overwrite, "dataset")
 
 
 def _load(cfg: PrepareConfig, fmt: str) -> tuple[pl.DataFrame, dict[str, int]]:
