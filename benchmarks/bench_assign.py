@@ -1,0 +1,148 @@
+"""Benchmark `recjpq assign` at Gowalla scale and check ML-1M; exits 1 when a goal is missed.
+
+    python benchmarks/bench_assign.py [WORK_DIR] [--strategies random,svd,bpr]
+
+WORK_DIR (default /tmp/recjpq-bench) caches the synthetic log and the prepared datasets between runs.
+Each assignment runs as its own `python -m recjpq_cli assign` process; its time is the stage's own
+`seconds` (data loading included, interpreter start excluded; the process wall time is shown too) and
+its memory the process's peak resident set (wait4's ru_maxrss). Not run in CI.
+
+Goals (issue 3), on a synthetic catalogue shaped like Gowalla (86,000 users, 1,270,000 items,
+6,400,000 interactions): random < 1 s, svd < 10 s, bpr (20 epochs) < 300 s, peak memory < 4 GB.
+ML-1M (../shared/data/ml-1m/ml-1m.txt, when present): svd < 5 s; for svd and bpr every split's largest
+bin at most twice its smallest and zero collisions with --unique.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOWALLA = {"users": 86_000, "items": 1_270_000, "interactions": 6_400_000}
+GOALS_S = {"random": 1.0, "svd": 10.0, "bpr": 300.0}
+PEAK_GOAL_GB = 4.0
+ML1M_SVD_GOAL_S = 5.0
+ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ml-1m.txt"
+
+
+def recjpq(*args: object) -> tuple[float, float, int]:
+    """Run ``recjpq ARGS`` in a child process; (wall seconds, peak RSS in GB, exit status)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "recjpq_cli", *map(str, args)])
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    peak_gb = usage.ru_maxrss * 1024 / 1e9  # Linux: kilobytes
+    return time.perf_counter() - t0, peak_gb, p.returncode
+
+
+def must(*args: object) -> None:
+    wall, _, rc = recjpq(*args)
+    if rc != 0:
+        sys.exit(f"bench_assign: `recjpq {' '.join(map(str, args))}` failed with exit code {rc}")
+
+
+def load_avg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def assign(ds: Path, out: Path, strategy: str, *extra: object) -> dict:
+    facts = out.with_suffix(".json")
+    wall, peak, rc = recjpq("assign", ds, "--strategy", strategy, "--out", out, "--overwrite", "--quiet",
+                            "--json", facts, *extra)
+    if rc != 0:
+        sys.exit(f"bench_assign: assign --strategy {strategy} on {ds} failed with exit code {rc}")
+    return {**json.loads(facts.read_text()), "wall": wall, "peak_gb": peak}
+
+
+def balance(out: Path) -> float:
+    """Largest bin over smallest bin, worst split, recounted from the codes file."""
+    codes = np.load(out)[1:]
+    ksub = int(codes.max()) + 1
+    worst = 0.0
+    for k in range(codes.shape[1]):
+        c = np.bincount(codes[:, k], minlength=ksub)
+        worst = max(worst, float("inf") if c.min() == 0 else c.max() / c.min())
+    return worst
+
+
+def row(what: str, value: str, goal: str, ratio: float | None, ok: bool) -> str:
+    r = "" if ratio is None else f"{ratio:.2f}"
+    return f"| {what} | {value} | {goal} | {r} | {'ok' if ok else 'MISSED'} |"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", nargs="?", default="/tmp/recjpq-bench", type=Path)
+    ap.add_argument("--strategies", default="random,svd,bpr")
+    args = ap.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    strategies = [s for s in args.strategies.split(",") if s]
+
+    log = work / "assign-gowalla-synth.parquet"
+    ds = work / "assign-gowalla-ds"
+    if not log.exists():
+        must("synth", "--users", GOWALLA["users"], "--items", GOWALLA["items"],
+             "--interactions", GOWALLA["interactions"], "--out", log, "--quiet")
+    if not (ds / "dataset.yaml").exists() or (ds / "dataset.yaml").stat().st_mtime < log.stat().st_mtime:
+        must("prepare", log, "--out", ds, "--overwrite", "--quiet")
+
+    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+          f"python {platform.python_version()}; load average before: {load_avg()}")
+    lines = ["| check | measured | goal | ratio | |", "|---|---|---|---|---|"]
+    ok_all = True
+    for s in strategies:
+        f = assign(ds, work / f"assign-gowalla-{s}.npy", s)
+        ok = f["seconds"] < GOALS_S[s]
+        ok_all &= ok
+        extra = {"svd": f" (explained variance {f.get('explained_variance', 0):.1%})",
+                 "bpr": f" (final loss {f.get('final_loss', 0):.4f})"}.get(s, "")
+        lines.append(row(f"Gowalla-shaped {s}: time", f"{f['seconds']:.2f} s (process {f['wall']:.1f} s){extra}",
+                         f"< {GOALS_S[s]:g} s", f["seconds"] / GOALS_S[s], ok))
+        ok = f["peak_gb"] < PEAK_GOAL_GB
+        ok_all &= ok
+        lines.append(row(f"Gowalla-shaped {s}: peak memory", f"{f['peak_gb']:.2f} GB", f"< {PEAK_GOAL_GB:g} GB",
+                         f["peak_gb"] / PEAK_GOAL_GB, ok))
+        lines.append(row(f"Gowalla-shaped {s}: collisions before / after", f"{f['collisions_before']} / "
+                         f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
+        ok_all &= f["collisions_after"] == 0
+
+    if ML1M.exists():
+        ml = work / "assign-ml1m-ds"
+        if not (ml / "dataset.yaml").exists():
+            must("prepare", ML1M, "--out", ml, "--overwrite", "--quiet")
+        for s in ("svd", "bpr"):
+            out = work / f"assign-ml1m-{s}.npy"
+            f = assign(ml, out, s)
+            if s == "svd":
+                ok = f["seconds"] < ML1M_SVD_GOAL_S
+                ok_all &= ok
+                lines.append(row("ML-1M svd: time", f"{f['seconds']:.2f} s (process {f['wall']:.1f} s)",
+                                 f"< {ML1M_SVD_GOAL_S:g} s", f["seconds"] / ML1M_SVD_GOAL_S, ok))
+            b = balance(out)
+            ok_all &= b <= 2.0 and f["collisions_after"] == 0
+            occ = f["occupancy"]
+            lines.append(row(f"ML-1M {s}: balance (largest / smallest bin, worst split)",
+                             f"{b:.2f} ({min(occ['min'])}..{max(occ['max'])} items per centroid)", "<= 2",
+                             b / 2.0, b <= 2.0))
+            lines.append(row(f"ML-1M {s}: collisions before / after", f"{f['collisions_before']} / "
+                             f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
+    else:
+        lines.append(f"| ML-1M | skipped: {ML1M} not found | | | |")
+
+    print("\n".join(lines))
+    print(f"load average after: {load_avg()}")
+    print("all goals met" if ok_all else "GOAL MISSED")
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
