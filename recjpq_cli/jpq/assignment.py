@@ -13,8 +13,10 @@ item's code to the nearest free code. Everything here is pure numpy / scipy / to
 
 from __future__ import annotations
 
+import ctypes
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -42,6 +44,7 @@ class Assignment:
 
 class Strategy(Protocol):
     name: str
+    uses_interactions: bool  # False: only the catalogue size matters (``TrainData`` arrays may be empty)
 
     def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment: ...
 
@@ -56,11 +59,27 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def stable_rank(x: np.ndarray) -> np.ndarray:
-    """Per column, each row's position in a stable ascending sort (ties keep row order)."""
-    order = np.argsort(x, axis=0, kind="stable")  # (n, M)
+    """Per column, each row's position in a stable ascending sort (ties keep row order).
+
+    Sorted with the fast (unstable) argsort; then the rare runs of tied values are put back in row
+    order, so the result always equals the stable sort's.
+    """
+    xt = np.ascontiguousarray(np.asarray(x).T)  # (M, n): sort contiguous rows
+    order = np.argsort(xt, axis=1)  # (M, n)
+    n = xt.shape[1]
+    for k in range(xt.shape[0]):  # over columns, not items
+        v = xt[k, order[k]]
+        tied = np.flatnonzero(v[1:] == v[:-1])  # position p: v[p] == v[p + 1]
+        if tied.size:
+            starts = tied[np.r_[True, np.diff(tied) > 1]]
+            ends = tied[np.r_[np.diff(tied) > 1, True]] + 2
+            for a, b in zip(starts, ends, strict=True):  # over runs of ties only
+                order[k, a:b] = np.sort(order[k, a:b])
     rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(x.shape[0], dtype=order.dtype)[:, None], axis=0)
-    return rank
+    idx = np.arange(n, dtype=order.dtype)
+    for k in range(xt.shape[0]):
+        rank[k, order[k]] = idx
+    return rank.T
 
 
 def discretise(factors: np.ndarray, ksub: int, seed: int) -> np.ndarray:
@@ -84,8 +103,9 @@ def discretise(factors: np.ndarray, ksub: int, seed: int) -> np.ndarray:
 def duplicate_mask(codes: np.ndarray) -> np.ndarray:
     """True for every item whose full code equals that of an item with a smaller id."""
     n = codes.shape[0]
-    order = np.lexsort(codes.T[::-1])  # stable: equal codes stay in item-id order
-    s = codes[order]
+    small = codes.astype(np.uint8 if n == 0 or int(codes.max()) < 256 else np.uint16)  # lexsort is fastest on bytes
+    order = np.lexsort(small.T[::-1])  # stable: equal codes stay in item-id order
+    s = small[order]
     repeat = np.zeros(n, dtype=bool)
     repeat[1:] = np.all(s[1:] == s[:-1], axis=1)
     mask = np.empty(n, dtype=bool)
@@ -130,7 +150,7 @@ class _UsedCodes:
 
     def __init__(self, codes: np.ndarray, ksub: int) -> None:
         self.ksub = ksub
-        self.sorted = np.unique(_row_keys(codes, ksub))
+        self.sorted = np.sort(_row_keys(codes, ksub))  # repeats are harmless to searchsorted
         self.added: set[int] = set()
         self.scan_from = 0  # lexicographic codes below this are known to be taken
 
@@ -206,6 +226,7 @@ def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
 
 class RandomStrategy:
     name = "random"
+    uses_interactions = False
 
     def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
         codes = _rng(seed, 2).integers(0, ksub, size=(train.n_items, M), dtype=np.int64)
@@ -213,12 +234,21 @@ class RandomStrategy:
 
 
 def count_matrix(train: TrainData) -> Any:
-    """Users x items CSR matrix of interaction counts; column j is item j + 1 (padding excluded)."""
+    """Users x items CSR matrix of interaction counts; column j is item j + 1 (padding excluded).
+
+    Built from sorted (user, item) keys: repeats become counts, and rows and columns come out in
+    canonical order without scipy's slower COO conversion.
+    """
     import scipy.sparse as sp
 
-    a = sp.csr_matrix((np.ones(train.user.size, dtype=np.float64), (train.user, train.item - 1)),
-                      shape=(train.n_users, train.n_items))
-    a.sum_duplicates()
+    key = np.sort(train.user * train.n_items + (train.item - 1))  # (N,) row-major cell ids
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.empty(0, dtype=np.int64)
+    counts = np.diff(np.r_[first, key.size]).astype(np.float64)  # (nnz,)
+    cells = key[first]
+    indptr = np.zeros(train.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cells // train.n_items, minlength=train.n_users), out=indptr[1:])
+    a = sp.csr_matrix((counts, cells % train.n_items, indptr), shape=(train.n_users, train.n_items))
+    a.has_canonical_format = True
     return a
 
 
@@ -227,6 +257,35 @@ def fix_signs(vt: np.ndarray) -> np.ndarray:
     idx = np.argmax(np.abs(vt), axis=1)
     sign = np.where(vt[np.arange(vt.shape[0]), idx] < 0, -1.0, 1.0)
     return vt * sign[:, None]
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run OpenBLAS (numpy's and scipy's copies) on one thread, restoring the counts afterwards.
+
+    ARPACK's BLAS calls are small: on this 2-core machine a second thread gained nothing, and while
+    another process used a core it made svds 3x slower. Linux only; a silent no-op elsewhere.
+    """
+    saved = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            names = [(f"{p}_get_num_threads{s}", f"{p}_set_num_threads{s}")
+                     for p in ("scipy_openblas", "openblas") for s in ("64_", "")]
+            found = [(getattr(lib, g), getattr(lib, s)) for g, s in names if hasattr(lib, g) and hasattr(lib, s)]
+            if found:
+                get, put = found[0]
+                saved.append((put, int(get())))
+                put(1)
+    except (OSError, AttributeError, ValueError):
+        pass
+    try:
+        yield
+    finally:
+        for put, n in saved:
+            put(n)
 
 
 def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +302,8 @@ def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                           f"the count matrix is {a.shape[0]} x {a.shape[1]} (use a smaller -m or another strategy)")
     if M < r:
         v0 = _rng(seed, 0).uniform(-1.0, 1.0, r)
-        _, s, vt = svds(a, k=M, v0=v0, return_singular_vectors="vh")
+        with single_threaded_blas():
+            _, s, vt = svds(a, k=M, v0=v0, return_singular_vectors="vh")
     else:
         _, s, vt = np.linalg.svd(a.toarray(), full_matrices=False)
     order = np.argsort(-s, kind="stable")
@@ -252,6 +312,7 @@ def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 class SVDStrategy:
     name = "svd"
+    uses_interactions = True
 
     def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
         a = count_matrix(train)
@@ -264,6 +325,7 @@ class SVDStrategy:
 
 class BPRStrategy:
     name = "bpr"
+    uses_interactions = True
 
     def __init__(self, epochs: int = 20, on_epoch: ProgressFn | None = None) -> None:
         self.epochs = epochs

@@ -100,14 +100,19 @@ def run(cfg: AssignConfig, on_epoch: ProgressFn | None = None) -> AssignResult:
     check_output(out, cfg.overwrite, "codes file")
     check_output(side, cfg.overwrite, "codes sidecar")
 
-    data, meta = train_data(cfg.dataset)
     strategy = get_strategy(cfg.strategy, epochs=cfg.epochs, on_epoch=on_epoch)
+    if strategy.uses_interactions:
+        data, meta = train_data(cfg.dataset)
+    else:  # random codes need only the catalogue size
+        none = np.empty(0, dtype=np.int64)
+        data = TrainData(user=none, item=none, n_users=int(meta["n_users"]), n_items=n_items)
     result = strategy.assign(data, M=cfg.M, ksub=cfg.ksub, seed=cfg.seed)
     codes = result.codes  # (n_items, M)
-    before = count_collisions(codes)
     if cfg.unique:
-        codes, _ = make_unique(codes, cfg.ksub)
-    after = count_collisions(codes) if cfg.unique else before
+        codes, before = make_unique(codes, cfg.ksub)  # every repeat moves: moved == collisions before
+        after = count_collisions(codes) if before else 0
+    else:
+        before = after = count_collisions(codes)
 
     dtype = codes_dtype(cfg.ksub)
     table = np.zeros((n_items + 1, cfg.M), dtype=dtype)  # row 0: padding
