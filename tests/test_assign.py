@@ -338,3 +338,15 @@ def test_table_on_stderr_and_json_on_stdout(sample_ds, tmp_path):
     facts = json.loads(res.stdout)
     assert facts["explained_variance"] > 0 and facts["M"] == 4 and facts["ksub"] == 32
     assert "explained variance" in res.stderr and "collisions" in res.stderr
+
+
+def test_stable_rank_matches_a_stable_sort_with_ties():
+    from recjpq_cli.jpq.assignment import stable_rank
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        x = rng.integers(0, rng.integers(1, 20), (int(rng.integers(1, 60)), 3)).astype(np.float64)
+        ref = np.empty(x.shape, dtype=np.int64)
+        for k in range(3):
+            ref[np.argsort(x[:, k], kind="stable"), k] = np.arange(x.shape[0])
+        assert np.array_equal(stable_rank(x), ref)
