@@ -209,7 +209,7 @@ def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
     moved = np.flatnonzero(dup)
     if moved.size == 0:
         return codes, 0
-    if float(ksub) ** codes.shape[1] < codes.shape[0]:
+    if ksub ** codes.shape[1] < codes.shape[0]:
         raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
                           f"{ksub}^{codes.shape[1]} exist")
     out = codes.copy()
@@ -294,7 +294,7 @@ def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     scipy's ``svds`` (ARPACK, seeded start vector) when ``M < min(shape)``; a dense SVD when ``M`` equals
     ``min(shape)`` (only on tiny matrices); more components than that do not exist.
     """
-    from scipy.sparse.linalg import svds
+    from scipy.sparse.linalg import ArpackNoConvergence, svds
 
     r = min(a.shape)
     if M > r:
@@ -302,8 +302,12 @@ def svd_factors(a: Any, M: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                           f"the count matrix is {a.shape[0]} x {a.shape[1]} (use a smaller -m or another strategy)")
     if M < r:
         v0 = _rng(seed, 0).uniform(-1.0, 1.0, r)
-        with single_threaded_blas():
-            _, s, vt = svds(a, k=M, v0=v0, return_singular_vectors="vh")
+        try:
+            with single_threaded_blas():
+                _, s, vt = svds(a, k=M, v0=v0, return_singular_vectors="vh")
+        except ArpackNoConvergence:
+            raise ConfigError(f"svd: ARPACK did not converge for M={M} on the {a.shape[0]} x {a.shape[1]} count "
+                              f"matrix; try another --seed, a smaller -m or --strategy bpr") from None
     else:
         _, s, vt = np.linalg.svd(a.toarray(), full_matrices=False)
     order = np.argsort(-s, kind="stable")
