@@ -350,3 +350,10 @@ def test_stable_rank_matches_a_stable_sort_with_ties():
         for k in range(3):
             ref[np.argsort(x[:, k], kind="stable"), k] = np.arange(x.shape[0])
         assert np.array_equal(stable_rank(x), ref)
+
+
+def test_epochs_change_bpr_codes(assigned, sample_ds, tmp_path):
+    one = tmp_path / "one.npy"
+    _ok(["assign", sample_ds, "-s", "bpr", "--epochs", "1", "-o", one, "-q"])
+    _, side = load_codes(one)
+    assert side["epochs"] == 1 and one.read_bytes() != assigned["bpr"].read_bytes()
