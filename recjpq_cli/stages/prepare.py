@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,18 +134,15 @@ def _int_codes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int32), values
 
 
-_POW10 = np.array([10**k for k in range(1, 19)], dtype=np.int64)
-
-
 def _canonical_ints(s: pl.Series) -> np.ndarray | None:
     """The integers of a text column when every value is one written plainly (no sign, padding or
     leading zero: so two different texts never give the same number), else None."""
-    x = s.cast(pl.Int64, strict=False)
+    x = s.cast(pl.Int64, strict=False)  # rejects spaces, '_', decimals; accepts '+7', '007', '-0'
     if x.null_count():
         return None
-    a = x.to_numpy()
-    digits = np.searchsorted(_POW10, np.abs(a), side="right") + 1 + (a < 0)
-    return a if bool((s.str.len_bytes().to_numpy() == digits).all()) else None
+    padded = pl.select(s.str.starts_with("+").any() | s.str.starts_with("-0").any()
+                       | (s.str.starts_with("0") & (s.str.len_bytes() > 1)).any()).item()
+    return None if padded else x.to_numpy()
 
 
 def _dense_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
@@ -266,6 +264,28 @@ def _fingerprint(source_sha: str, options: dict[str, Any], raw_items: pl.Series)
     return h.hexdigest()
 
 
+@dataclass
+class _Log:
+    """The log as flat arrays: user and item codes (0-based, in raw-id order), times, and the raw ids."""
+
+    user: np.ndarray  # (n,) int32
+    item: np.ndarray  # (n,) int32
+    ts: np.ndarray  # (n,) int64
+    raw_users: pl.Series  # (n_users,) string, in code order
+    raw_items: pl.Series  # (n_items,) string, in code order
+
+    def take(self, rows: np.ndarray) -> None:
+        self.user, self.item, self.ts = self.user[rows], self.item[rows], self.ts[rows]
+
+
+def _encode(cfg: PrepareConfig, fmt: str) -> tuple[_Log, dict[str, int]]:
+    """Read the file and turn ids into dense codes; the raw frame is freed on return."""
+    df, dropped = _load(cfg, fmt)
+    user, raw_users = _dense_codes(df["raw_user"])
+    item, raw_items = _dense_codes(df["raw_item"])
+    return _Log(user, item, df["timestamp"].to_numpy(), raw_users, raw_items), dropped
+
+
 def run(cfg: PrepareConfig) -> PrepareResult:
     t0 = time.perf_counter()
     _check(cfg)
@@ -275,43 +295,44 @@ def run(cfg: PrepareConfig) -> PrepareResult:
                                        or cfg.time_col_given):
         raise ConfigError(f"{cfg.input}: --user-col, --item-col and --time-col apply to csv, tsv and parquet "
                           f"files, not to the {fmt} format")
-    df, dropped = _load(cfg, fmt)
-    user, raw_users = _dense_codes(df["raw_user"])
-    item, raw_items = _dense_codes(df["raw_item"])
-    ts = df["timestamp"].to_numpy()
-    del df
+    log, dropped = _encode(cfg, fmt)
+    with ThreadPoolExecutor(1) as pool:  # hash the source on the core that numpy leaves idle
+        source_sha = pool.submit(sha256_file, cfg.input)
+        rows, removed = _filter(log.user, log.item, cfg.min_user_interactions, cfg.min_item_interactions)
+        dropped.update(removed)
+        if rows is not None:
+            if rows.size == 0:
+                raise InputError(f"{cfg.input}: no interactions left after filtering "
+                                 f"(--min-user-interactions {cfg.min_user_interactions}, "
+                                 f"--min-item-interactions {cfg.min_item_interactions})")
+            log.take(rows)
+            del rows
+            log.user, log.raw_users = _compact(log.user, log.raw_users)
+            log.item, log.raw_items = _compact(log.item, log.raw_items)
+        order = _order(log.user, log.ts, log.raw_users.len())
+        if order is not None:
+            log.take(order)
+            del order
+        return _write(cfg, fmt, detected, log, dropped, source_sha.result(), t0)
 
-    rows, removed = _filter(user, item, cfg.min_user_interactions, cfg.min_item_interactions)
-    dropped.update(removed)
-    if rows is not None:
-        if rows.size == 0:
-            raise InputError(f"{cfg.input}: no interactions left after filtering "
-                             f"(--min-user-interactions {cfg.min_user_interactions}, "
-                             f"--min-item-interactions {cfg.min_item_interactions})")
-        user, item, ts = user[rows], item[rows], ts[rows]
-        del rows
-        user, raw_users = _compact(user, raw_users)
-        item, raw_items = _compact(item, raw_items)
-    n_users, n_items, n = raw_users.len(), raw_items.len(), user.size
 
-    order = _order(user, ts, n_users)
-    if order is not None:
-        user, item, ts = user[order], item[order], ts[order]
-        del order
+def _write(cfg: PrepareConfig, fmt: str, detected: bool, log: _Log, dropped: dict[str, int], source_sha: str,
+           t0: float) -> PrepareResult:
+    """Positions, split, tables, dataset.yaml; the folder written atomically."""
+    n_users, n_items, n = log.raw_users.len(), log.raw_items.len(), log.user.size
+    item = log.item
     item += 1  # items are 1..n_items; 0 is padding
-    lengths, pos, split = _positions(user, n_users)
+    lengths, pos, split = _positions(log.user, n_users)
     train_count = np.bincount(item[split == 0], minlength=n_items + 1)[1:].astype(np.int32)
-
     interactions = pl.DataFrame({
-        "user": user, "item": item, "timestamp": ts, "pos": pos,
-        "split": pl.Series(split).replace_strict(dict(enumerate(SPLITS)), return_dtype=pl.String),
+        "user": log.user, "item": item, "timestamp": log.ts, "pos": pos,
+        "split": pl.Series(SPLITS).gather(pl.Series(split.astype(np.uint32))),
     })
-    users = pl.DataFrame({"user": np.arange(n_users, dtype=np.int32), "raw_user": raw_users})
-    items = pl.DataFrame({"item": np.arange(1, n_items + 1, dtype=np.int32), "raw_item": raw_items,
+    users = pl.DataFrame({"user": np.arange(n_users, dtype=np.int32), "raw_user": log.raw_users})
+    items = pl.DataFrame({"item": np.arange(1, n_items + 1, dtype=np.int32), "raw_item": log.raw_items,
                           "train_count": train_count})
-    source_sha = sha256_file(cfg.input)
     options = cfg.options() | {"format": fmt}
-    fingerprint = _fingerprint(source_sha, options, raw_items)
+    fingerprint = _fingerprint(source_sha, options, log.raw_items)
     split_sizes = np.bincount(split, minlength=3)
     stats = {
         "sequence_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
