@@ -581,3 +581,18 @@ def test_version_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "recjpq_cli", "--help"], capture_output=True, text=True,
                          cwd=REPO, timeout=60)
     assert out.returncode == 0 and "prepare" in out.stdout
+
+
+@pytest.mark.parametrize("command", ["prepare", "synth"])
+def test_docs_cover_every_option(command):
+    import typer.main
+
+    from recjpq_cli.cli import app
+
+    doc = (REPO / "docs" / "cli.md").read_text()
+    assert f"## `recjpq {command}" in doc
+    section = doc.split(f"## `recjpq {command}", 1)[1].split("\n## ", 1)[0]
+    params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
+    for p in params:
+        names = [o for o in p.opts if o.startswith("--")] or [p.name.upper()]
+        assert any(f"`{n}" in section for n in names), f"{command}: {names} not in docs/cli.md"
