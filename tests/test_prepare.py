@@ -258,6 +258,13 @@ def test_iterative_filtering_until_stable(tmp_path):
     assert read(tmp_path / "ds")[2]["raw_item"].to_list() == ["i5", "i6"]  # ids renumbered 1..2
 
 
+def test_blank_lines_are_not_rows(tmp_path):
+    src = write(tmp_path / "ml.txt", "1 5\n\n1 6\n   \n2 5\n")
+    facts = prepare(src, tmp_path / "ds", "--min-user-interactions", "1")
+    assert facts["n_interactions"] == 3 and facts["stats"]["dropped_rows"]["missing_values"] == 0
+    assert sequences(tmp_path / "ds") == {"1": ["5", "6"], "2": ["5"]}
+
+
 def test_missing_values_dropped_and_counted(tmp_path):
     src = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,a,1\n1,,2\n,b,3\n1,c,\n1,d,4\n")
     facts = prepare(src, tmp_path / "ds", "--min-user-interactions", "1")

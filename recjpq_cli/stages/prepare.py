@@ -109,6 +109,9 @@ def _load(cfg: PrepareConfig, fmt: str) -> tuple[pl.DataFrame, dict[str, int]]:
     dropped = {"missing_values": 0, "below_min_rating": 0}
     needed = [c for c in df.columns if df[c].null_count()]
     if needed:
+        empty = pl.all_horizontal(pl.col(c).is_null() for c in ("raw_user", "raw_item", "timestamp")
+                                  if raw.has_time or c != "timestamp")
+        df = df.filter(~empty)  # blank lines are not rows
         n0 = df.height
         df = df.drop_nulls(needed)
         dropped["missing_values"] = n0 - df.height
