@@ -46,18 +46,29 @@ if numba is not None:
     @njit(nogil=True, inline="always", cache=True)
     def _score(tab, codes, i, m_splits, ksub):
         s = tab[codes[i, 0]]
-        if m_splits == 8:  # the paper's code length, unrolled: about 1.6x faster than the loop
-            s += tab[ksub + codes[i, 1]]
-            s += tab[2 * ksub + codes[i, 2]]
-            s += tab[3 * ksub + codes[i, 3]]
-            s += tab[4 * ksub + codes[i, 4]]
-            s += tab[5 * ksub + codes[i, 5]]
-            s += tab[6 * ksub + codes[i, 6]]
-            s += tab[7 * ksub + codes[i, 7]]
-            return s
         for m in range(1, m_splits):
             s += tab[m * ksub + codes[i, m]]
         return s
+
+    @njit(nogil=True, inline="always", cache=True)
+    def _score_8x256(tab, codes, i):
+        """The paper's shape (M=8, ksub=256) with constant offsets: about 1.6x faster than ``_score``."""
+        s = tab[codes[i, 0]]
+        s += tab[256 + codes[i, 1]]
+        s += tab[512 + codes[i, 2]]
+        s += tab[768 + codes[i, 3]]
+        s += tab[1024 + codes[i, 4]]
+        s += tab[1280 + codes[i, 5]]
+        s += tab[1536 + codes[i, 6]]
+        s += tab[1792 + codes[i, 7]]
+        return s
+
+    @njit(nogil=True, inline="always", cache=True)
+    def _sum(tab, codes, i, m_splits, ksub, fast):
+        """One item's score. ``fast`` is loop-invariant, so the compiler makes one loop per variant."""
+        if fast:
+            return _score_8x256(tab, codes, i)
+        return _score(tab, codes, i, m_splits, ksub)
 
     @njit(nogil=True, inline="always", cache=True)
     def _key(s, i):
@@ -79,22 +90,22 @@ if numba is not None:
         return lo < sorted_arr.shape[0] and sorted_arr[lo] == x
 
     @njit(nogil=True, cache=True)
-    def _rank_one(tab, codes, target, ex):
+    def _rank_one(tab, codes, target, ex, fast):
         n1, m_splits = codes.shape
         ksub = tab.shape[0] // m_splits
-        t = _score(tab, codes, target, m_splits, ksub)
+        t = _sum(tab, codes, target, m_splits, ksub, fast)
         cnt = 0
         for i in range(1, target):  # lower ids win ties
-            if _score(tab, codes, i, m_splits, ksub) >= t:
+            if _sum(tab, codes, i, m_splits, ksub, fast) >= t:
                 cnt += 1
         for i in range(target + 1, n1):
-            if _score(tab, codes, i, m_splits, ksub) > t:
+            if _sum(tab, codes, i, m_splits, ksub, fast) > t:
                 cnt += 1
         for j in range(ex.shape[0]):  # excluded items leave the ranking
             e = ex[j]
             if e == target:
                 return 0
-            s = _score(tab, codes, e, m_splits, ksub)
+            s = _sum(tab, codes, e, m_splits, ksub, fast)
             if (e < target and s >= t) or (e > target and s > t):
                 cnt -= 1
         return cnt + 1
@@ -116,14 +127,14 @@ if numba is not None:
                 return
 
     @njit(nogil=True, cache=True)
-    def _topk_one(tab, codes, k, ex, out_ids, out_scores):
+    def _topk_one(tab, codes, k, ex, out_ids, out_scores, fast):
         n1, m_splits = codes.shape
         ksub = tab.shape[0] // m_splits
         cap = min(k + ex.shape[0], n1 - 1)
         heap = np.full(cap, INT64_MIN, dtype=np.int64)  # min-heap of keys
         thr = -np.inf
         for i in range(1, n1):
-            s = _score(tab, codes, i, m_splits, ksub)
+            s = _sum(tab, codes, i, m_splits, ksub, fast)
             if s < thr:  # the common case: cheaper than building the key
                 continue
             key = _key(s, i)
@@ -131,7 +142,7 @@ if numba is not None:
                 heap[0] = key
                 _sift_down(heap, cap)
                 if heap[0] != INT64_MIN:
-                    thr = _score(tab, codes, 0xFFFFFFFF - (heap[0] & 0xFFFFFFFF), m_splits, ksub)
+                    thr = _sum(tab, codes, 0xFFFFFFFF - (heap[0] & 0xFFFFFFFF), m_splits, ksub, fast)
         keys = np.sort(heap)[::-1]
         j = 0
         for key in keys:
@@ -141,7 +152,7 @@ if numba is not None:
             if _contains(ex, i):
                 continue
             out_ids[j] = i
-            out_scores[j] = _score(tab, codes, i, m_splits, ksub)
+            out_scores[j] = _sum(tab, codes, i, m_splits, ksub, fast)
             j += 1
         # Too few unexcluded items: pad as the torch path does (-inf: padding first, then excluded ids).
         e = -1
@@ -152,29 +163,34 @@ if numba is not None:
             j += 1
 
     @njit(nogil=True, cache=True)
-    def _ranks_serial(tabs, codes, targets, ex_ptr, ex_items, out):
+    def _ranks_serial(tabs, codes, targets, ex_ptr, ex_items, out, fast):
         for b in range(tabs.shape[0]):
-            out[b] = _rank_one(tabs[b], codes, targets[b], ex_items[ex_ptr[b]:ex_ptr[b + 1]])
+            out[b] = _rank_one(tabs[b], codes, targets[b], ex_items[ex_ptr[b]:ex_ptr[b + 1]], fast)
 
     @njit(nogil=True, parallel=True, cache=True)
-    def _ranks_parallel(tabs, codes, targets, ex_ptr, ex_items, out):
+    def _ranks_parallel(tabs, codes, targets, ex_ptr, ex_items, out, fast):
         for b in prange(tabs.shape[0]):
-            out[b] = _rank_one(tabs[b], codes, targets[b], ex_items[ex_ptr[b]:ex_ptr[b + 1]])
+            out[b] = _rank_one(tabs[b], codes, targets[b], ex_items[ex_ptr[b]:ex_ptr[b + 1]], fast)
 
     @njit(nogil=True, cache=True)
-    def _topk_serial(tabs, codes, k, ex_ptr, ex_items, out_ids, out_scores):
+    def _topk_serial(tabs, codes, k, ex_ptr, ex_items, out_ids, out_scores, fast):
         for b in range(tabs.shape[0]):
-            _topk_one(tabs[b], codes, k, ex_items[ex_ptr[b]:ex_ptr[b + 1]], out_ids[b], out_scores[b])
+            _topk_one(tabs[b], codes, k, ex_items[ex_ptr[b]:ex_ptr[b + 1]], out_ids[b], out_scores[b], fast)
 
     @njit(nogil=True, parallel=True, cache=True)
-    def _topk_parallel(tabs, codes, k, ex_ptr, ex_items, out_ids, out_scores):
+    def _topk_parallel(tabs, codes, k, ex_ptr, ex_items, out_ids, out_scores, fast):
         for b in prange(tabs.shape[0]):
-            _topk_one(tabs[b], codes, k, ex_items[ex_ptr[b]:ex_ptr[b + 1]], out_ids[b], out_scores[b])
+            _topk_one(tabs[b], codes, k, ex_items[ex_ptr[b]:ex_ptr[b + 1]], out_ids[b], out_scores[b], fast)
 
 
 def _parallel(b: int) -> bool:
     """Threads pay off only with several users per call (a lone user would wait for the wake-up)."""
     return b >= 2 * numba.get_num_threads() and numba.get_num_threads() > 1
+
+
+def _fast(tabs: np.ndarray, codes: np.ndarray) -> bool:
+    """Constant offsets for the paper's M=8, ksub=256; a loop over the splits otherwise."""
+    return codes.shape[1] == 8 and tabs.shape[1] == 8 * 256
 
 
 def ranks(tabs: np.ndarray, codes: np.ndarray, targets: np.ndarray, ex_ptr: np.ndarray,
@@ -185,7 +201,7 @@ def ranks(tabs: np.ndarray, codes: np.ndarray, targets: np.ndarray, ex_ptr: np.n
     """
     out = np.empty(tabs.shape[0], dtype=np.int64)
     fn = _ranks_parallel if _parallel(tabs.shape[0]) else _ranks_serial
-    fn(np.ascontiguousarray(tabs), codes, targets.astype(np.int64), ex_ptr, ex_items, out)
+    fn(np.ascontiguousarray(tabs), codes, targets.astype(np.int64), ex_ptr, ex_items, out, _fast(tabs, codes))
     return out
 
 
@@ -196,5 +212,5 @@ def topk(tabs: np.ndarray, codes: np.ndarray, k: int, ex_ptr: np.ndarray,
     ids = np.empty((b, k), dtype=np.int64)
     scores = np.empty((b, k), dtype=np.float32)
     fn = _topk_parallel if _parallel(b) else _topk_serial
-    fn(np.ascontiguousarray(tabs), codes, k, ex_ptr, ex_items, ids, scores)
+    fn(np.ascontiguousarray(tabs), codes, k, ex_ptr, ex_items, ids, scores, _fast(tabs, codes))
     return scores, ids
