@@ -353,7 +353,7 @@ def _write(cfg: PrepareConfig, fmt: str, detected: bool, log: _Log, dropped: dic
         "stats": stats,
     }
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
-        interactions.write_parquet(tmp / INTERACTIONS, compression="zstd", compression_level=1)
+        interactions.write_parquet(tmp / INTERACTIONS, compression="zstd", compression_level=1, statistics=False)
         users.write_parquet(tmp / USERS)
         items.write_parquet(tmp / ITEMS)
         write_yaml(tmp / DATASET_YAML, meta)
