@@ -387,6 +387,8 @@ BAD_INPUTS = {
                                 ["--format", "gowalla"], "line 2"),
     "unparsable booking date": ("b.csv", BOOKING.replace("2016-04-11,2016-04-12", "yesterday,2016-04-12"), [],
                                 "yesterday"),
+    "only rows with missing values": ("log.csv", "user_id,item_id,timestamp\n1,,5\n,2,6\n\n", [], "missing"),
+    "nothing above --min-rating": ("u.data", "1\t2\t1\t100\n", ["--min-rating", "4"], "below --min-rating"),
     "nothing left after filtering": ("log.csv", NUMS, ["--min-user-interactions", "6"], "no interactions left"),
     "min rating without ratings": ("log.csv", NUMS, ["--min-rating", "3"], "rating"),
     "column options on sasrec": ("ml.txt", SASREC, ["--user-col", "u"], "--user-col"),
@@ -496,6 +498,28 @@ def test_order_is_a_stable_sort_by_user_then_time(data):
     order = _order(user, ts, int(user.max()) + 1)
     got = np.arange(n) if order is None else order
     assert (got == np.lexsort((np.arange(n), ts, user))).all()
+
+
+_NAMES = ["log.csv", "log.tsv", "ml.txt", "u.data", "ratings.dat", "ratings.csv", "x.inter", "checkins.txt"]
+_HEADERS = ["", "user_id,item_id,timestamp\n", "user_id\titem_id\ttimestamp\n", "userId,movieId,rating,timestamp\n",
+            "user_id:token\titem_id:token\ttimestamp:float\n", BOOKING.splitlines()[0] + "\n"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(_NAMES), header=st.sampled_from(_HEADERS),
+       body=st.text(alphabet="0123456789ab-:.TZ+ ,\t\n", max_size=120),
+       fmt=st.sampled_from([None, "sasrec", "movielens", "recbole", "gowalla", "booking", "csv", "tsv"]))
+def test_any_text_succeeds_or_fails_with_one_error_line(tmp_path_factory, name, header, body, fmt):
+    root = tmp_path_factory.mktemp("fuzz")
+    src = write(root / name, header + body)
+    res = invoke(["prepare", src, "--out", root / "ds", "-q", "--min-user-interactions", "1",
+                  *(["--format", fmt] if fmt else [])])
+    if res.exit_code == 0:
+        assert load_dataset(root / "ds").n_items >= 1
+    else:
+        assert res.exit_code == 1, (res.output, res.exception)
+        error_line(res)
+        assert sorted(p.name for p in root.iterdir()) == [name]
 
 
 # ---------------------------------------------------------------- synth

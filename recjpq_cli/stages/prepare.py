@@ -119,6 +119,9 @@ def _load(cfg: PrepareConfig, fmt: str) -> tuple[pl.DataFrame, dict[str, int]]:
         n1 = df.height
         df = df.filter(pl.col("rating") >= cfg.min_rating).drop("rating")
         dropped["below_min_rating"] = n1 - df.height
+    if df.height == 0:
+        raise InputError(f"{cfg.input}: no interactions left ({dropped['missing_values']} rows with a missing "
+                         f"user, item or time, {dropped['below_min_rating']} below --min-rating)")
     return df, dropped
 
 
