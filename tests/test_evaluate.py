@@ -366,3 +366,34 @@ def test_missing_dataset_and_json_folder(runs, sample_ds, tmp_path) -> None:
                   "--per-user", tmp_path / "u.parquet"])
     assert res.exit_code == 1 and str(tmp_path / "no") in error_line(res)
     _nothing_written(tmp_path)
+
+
+def test_a_checkpoint_file_given_directly_is_read_as_a_checkpoint(runs, sample_ds, tmp_path) -> None:
+    got = {}
+    for name, src in (("dir", runs["jpq"]), ("file", runs["jpq"] / "best.pt")):
+        res = invoke(["evaluate", src, "--data", sample_ds, "-q", "--sample-users", "100",
+                      "--json", tmp_path / f"{name}.json"])
+        assert res.exit_code == 0, res.output
+        got[name] = _json(tmp_path / f"{name}.json")["runs"][0]["metrics"]
+    assert got["dir"] == got["file"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_a_gpu_is_one_error_line(runs, sample_ds) -> None:
+    res = invoke(["evaluate", runs["jpq"], "--data", sample_ds, "--device", "cuda"])
+    assert res.exit_code == 1 and "--device cuda" in error_line(res)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_evaluation_matches_cpu(runs, sample_ds, tmp_path) -> None:
+    got = {}
+    for dev in ("cpu", "cuda"):
+        for name in ("jpq", "full"):
+            res = invoke(["evaluate", runs[name], "--data", sample_ds, "--device", dev, "-q",
+                          "--json", tmp_path / f"{dev}-{name}.json"])
+            assert res.exit_code == 0, res.output
+            got[dev, name] = _json(tmp_path / f"{dev}-{name}.json")["runs"][0]["metrics"]
+    for name in ("jpq", "full"):
+        for k, v in got["cpu", name].items():
+            assert got["cuda", name][k] == pytest.approx(v, abs=2e-3), (name, k)
