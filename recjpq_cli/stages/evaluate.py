@@ -194,6 +194,14 @@ def significance(runs: list[RunResult], ndcg: list[np.ndarray]) -> None:
 # ------------------------------------------------------------------------------------------- run
 
 
+def _advancer(progress: Any, label: str, total: int) -> Callable[[int], None] | None:
+    """A callback that moves a new progress bar on by n users (None without a progress display)."""
+    if progress is None:
+        return None
+    task = progress.add_task(label, total=total, info="")
+    return lambda n: progress.update(task, advance=n)
+
+
 def _names(sources: tuple[Path, ...]) -> list[str]:
     short = [Path(s).name or str(s) for s in sources]
     return [str(s) if short.count(n) > 1 else n for s, n in zip(sources, short, strict=True)]
@@ -240,13 +248,8 @@ def run(cfg: EvaluateConfig, progress: Any = None) -> EvaluateResult:
 
     for lm, name in zip(loaded, names, strict=True):
         t1 = time.perf_counter()
-        advance = None
-        if progress is not None:
-            task = progress.add_task(f"evaluating {name}", total=len(users), info="")
-            def advance(n: int, task: Any = task) -> None:  # noqa: E306
-                progress.update(task, advance=n)
         ranks = model_ranks(lm.model, int(lm.model_args["max_len"]), ds, users, pos, cfg.filter_seen,
-                            cfg.batch_size, device, advance)
+                            cfg.batch_size, device, _advancer(progress, f"evaluating {name}", len(users)))
         finish(name, str(lm.source), lm.kind, ranks, lm.size, time.perf_counter() - t1)
     if cfg.baseline == POPULARITY:
         t1 = time.perf_counter()
