@@ -19,7 +19,7 @@ class CentroidDtype(str, Enum):
 
 
 def compress(
-    run: Annotated[Path, typer.Argument(help="Run folder from `recjpq train`.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="Run folder from `recjpq train`.", show_default=False, metavar="RUN_DIR")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (any name).", show_default=False)],
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder of the run (for the id maps).", show_default=False)],
     checkpoint: CheckpointOpt = Checkpoint.best,

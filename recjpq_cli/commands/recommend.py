@@ -12,7 +12,7 @@ from recjpq_cli.commands.evaluate import BatchOpt, Checkpoint, CheckpointOpt, Fi
 
 
 def recommend(
-    source: Annotated[Path, typer.Argument(help="Run folder or model file.", show_default=False)],
+    source: Annotated[Path, typer.Argument(help="Run folder or model file.", show_default=False, metavar="MODEL_OR_RUN")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (the users' sequences).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write: user, rank, item, score.", show_default=False)],
     k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 10,
