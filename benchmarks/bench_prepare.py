@@ -161,6 +161,7 @@ def main() -> int:
         rows.append(Row("synth 50M rows, 10M items", 50_000_000, sec, peak, cpu, "<= 6 GB", peak <= 6 * GB))
         big.unlink(missing_ok=True)
     shutil.rmtree(ds, ignore_errors=True)
+    (args.work / "baseline.parquet").unlink(missing_ok=True)
 
     load = " / ".join(f"{x:.1f}" for x in load_start + os.getloadavg())
     print(f"\n{os.cpu_count()} CPUs; best of {args.repeats} runs (wall, CPU), largest peak RSS; "
