@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,8 +27,9 @@ class _Progress:
     """Rich progress: loss, sequences/s and ETA on stderr."""
 
     def __init__(self, steps_per_epoch: int, max_steps: int | None, time_limit: float | None):
-        from recjpq_cli.console import console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from recjpq_cli.console import console
 
         self.spe, self.max_steps, self.time_limit = steps_per_epoch, max_steps, time_limit
         self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

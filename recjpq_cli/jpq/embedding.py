@@ -84,7 +84,8 @@ class JPQEmbedding(ItemEmbedding):
 
     def output_embed(self, ids: Tensor) -> Tensor:
         flat = self.centroids.reshape(self.M * self.ksub, self.dsub)
-        emb = flat[self._flat_codes(ids)]  # (..., M, dsub): one gather
+        # one gather (..., M, dsub); F.embedding's CPU backward accumulates in a fixed order (deterministic)
+        emb = torch.nn.functional.embedding(self._flat_codes(ids), flat)
         return _pad_mask(ids, emb.reshape(*ids.shape, self.d))
 
     def forward(self, ids: Tensor) -> Tensor:
