@@ -1,6 +1,6 @@
 """The compact model file (``recjpq compress``) and the one loader of "a run or a model" for evaluate/recommend.
 
-A model file is a safetensors file (see docs/formats-artifact.md): tensors only, so loading never unpickles
+A model file is a safetensors file (see docs/formats.md, "Model file"): tensors only, so loading never unpickles
 code. Tensors: the model's state dict with codes in the CODES dtype (uint8, or uint16 when ksub > 256) and
 centroids in the chosen dtype (fp32, fp16, bf16), and the raw id maps as embedded Parquet bytes
 (``idmap.items``, ``idmap.users``). String metadata: ``format``, ``format_version``, ``model_args`` (JSON,

@@ -10,6 +10,6 @@ recjpq assign "$OUT/dataset" --strategy svd --out "$OUT/codes.npy" --overwrite
 recjpq train "$OUT/dataset" --codes "$OUT/codes.npy" --config configs/cpu-small.yaml --out "$OUT/run" \
   --max-steps 200 --overwrite
 recjpq evaluate "$OUT/run" --data "$OUT/dataset" --baseline popularity --json "$OUT/metrics.json"
-recjpq compress "$OUT/run" --out "$OUT/model.safetensors" --overwrite
+recjpq compress "$OUT/run" --data "$OUT/dataset" --out "$OUT/model.safetensors" --overwrite
 recjpq recommend "$OUT/model.safetensors" --data "$OUT/dataset" --k 10 --out "$OUT/recs.parquet" --overwrite
 echo "Quickstart finished: results in $OUT"
