@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Reproduce the RecJPQ paper's table on ML-1M and Amazon Beauty from the command line alone.
+#
+#   benchmarks/paper_table.sh DATA_ROOT OUT_DIR BUDGET_S D
+#
+# DATA_ROOT holds ml-1m/ml-1m.txt and beauty/beauty.txt (as ../shared/data does). For each dataset:
+# prepare; assign random, svd and bpr; train every row with --time-limit BUDGET_S and --set d=D (CUDA when
+# present); evaluate each model's rows against its dense row, and all rows in one table, with --json;
+# compress each JPQ run. Environment:
+#   DATASETS  datasets to run (default "ml-1m beauty")
+#   ROWS      rows to run (default all: sasrec-dense sasrec-random sasrec-svd sasrec-bpr gsasrec-dense
+#             gsasrec-svd bert4rec-dense bert4rec-svd)
+#   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
+#   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
+# A row whose run folder already has best.pt is kept (the script can be rerun to finish a table).
+set -euo pipefail
+if [ $# -ne 4 ]; then
+  echo "usage: $0 DATA_ROOT OUT_DIR BUDGET_S D" >&2
+  exit 2
+fi
+DATA_ROOT=$1 OUT=$2 BUDGET=$3 D=$4
+DATASETS=${DATASETS:-"ml-1m beauty"}
+ROWS=${ROWS:-"sasrec-dense sasrec-random sasrec-svd sasrec-bpr gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd"}
+DROPOUT=${DROPOUT:-0.2}
+EXTRA=${EXTRA:-}
+mkdir -p "$OUT"
+
+for name in $DATASETS; do
+  raw="$DATA_ROOT/$name/$name.txt"
+  dir="$OUT/$name"
+  ds="$dir/data"
+  mkdir -p "$dir/runs" "$dir/models"
+  [ -d "$ds" ] || recjpq prepare "$raw" --out "$ds" --json "$dir/prepare.json"
+  for s in random svd bpr; do
+    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
+  done
+  for row in $ROWS; do
+    model=${row%-*} kind=${row#*-}
+    run="$dir/runs/$row"
+    [ -f "$run/best.pt" ] && continue
+    if [ "$kind" = dense ]; then emb=(--embedding full); else emb=(--codes "$dir/codes-$kind.npy"); fi
+    drop=(); [ "$model" = bert4rec ] || drop=(--set "dropout=$DROPOUT")
+    # shellcheck disable=SC2086
+    recjpq train "$ds" "${emb[@]}" --model "$model" --out "$run" --overwrite --time-limit "$BUDGET" \
+      --set "d=$D" "${drop[@]}" --json "$run.train.json" $EXTRA
+  done
+  # One table per model, its dense row first (the paired t-tests compare against it), then all rows.
+  all=()
+  for model in sasrec gsasrec bert4rec; do
+    runs=()
+    for row in $ROWS; do
+      case $row in "$model"-dense) runs=("$dir/runs/$row" "${runs[@]}");; "$model"-*) runs+=("$dir/runs/$row");; esac
+    done
+    [ ${#runs[@]} -gt 0 ] || continue
+    recjpq evaluate "${runs[@]}" --data "$ds" --json "$dir/eval-$model.json" --overwrite
+    all+=("${runs[@]}")
+  done
+  recjpq evaluate "${all[@]}" --data "$ds" --baseline popularity --json "$dir/eval-all.json" \
+    --per-user "$dir/per-user.parquet" --overwrite
+  for row in $ROWS; do
+    case $row in *-dense) continue;; esac
+    recjpq compress "$dir/runs/$row" --data "$ds" --out "$dir/models/$row.safetensors" --overwrite \
+      --json "$dir/models/$row.json"
+  done
+done
+echo "paper table written under $OUT"

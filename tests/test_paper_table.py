@@ -1,0 +1,47 @@
+"""benchmarks/paper_table.sh end to end on sample_data with a budget of a second per run (shape, not numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = ["sasrec-dense", "sasrec-random", "sasrec-svd", "sasrec-bpr", "gsasrec-dense", "gsasrec-svd",
+        "bert4rec-dense", "bert4rec-svd"]
+
+
+@pytest.mark.skipif(shutil.which("recjpq") is None, reason="the recjpq command is not installed")
+def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> None:
+    data = tmp_path / "data" / "ml-1m"
+    data.mkdir(parents=True)
+    log = pl.read_csv(sample_csv).sort(["user_id", "timestamp"], maintain_order=True)
+    (data / "ml-1m.txt").write_text("".join(f"{u} {i}\n" for u, i in zip(log["user_id"], log["item_id"])))
+    out = tmp_path / "out"
+    env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
+                        "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "paper_table.sh"), str(tmp_path / "data"), str(out),
+                          "1", "16"], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    d = out / "ml-1m"
+    table = json.loads((d / "eval-all.json").read_text())
+    names = [r["name"] for r in table["runs"]]
+    assert names == ROWS + ["popularity"]
+    for r in table["runs"]:
+        assert {"NDCG@10", "Recall@10", "MRR"} <= set(r["metrics"])
+        assert r["split"] == "test" and r["filter_seen"] is True
+    for model in ("sasrec", "gsasrec", "bert4rec"):
+        sub = json.loads((d / f"eval-{model}.json").read_text())
+        assert sub["runs"][0]["name"] == f"{model}-dense"
+        assert all(r["significance"] for r in sub["runs"][1:])
+    for row in ROWS:
+        facts = json.loads((d / "runs" / f"{row}.train.json").read_text())
+        assert facts["stop_reason"] == "time_limit" and facts["model"] == row.split("-")[0]
+        if not row.endswith("dense"):
+            size = json.loads((d / "models" / f"{row}.json").read_text())
+            assert size["item_table_ratio"] > 1 and (d / "models" / f"{row}.safetensors").is_file()
