@@ -75,13 +75,14 @@ class TrainResult:
     parameters: dict[str, int]
     world_size: int = 1
     last_loss: float = float("nan")
+    step_s: float = float("nan")  # mean seconds per optimiser step in this invocation, validation excluded
 
     def facts(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "model": self.model, "embedding": self.embedding,
                 "device": self.device, "epochs": self.epochs, "steps": self.steps, "elapsed_s": self.elapsed_s,
                 "stop_reason": self.stop_reason, f"best_{TARGET_METRIC}": self.best_metric,
                 "last_validation": self.last_metrics, "parameters": self.parameters,
-                "world_size": self.world_size, "last_loss": self.last_loss}
+                "world_size": self.world_size, "last_loss": self.last_loss, "step_s": self.step_s}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -342,6 +343,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     max_steps = req.max_steps
     model.train()
     stop_reason, last_metrics, loss_sum, loss_n, last_loss = "max_epochs", {}, 0.0, 0, float("nan")
+    step_seconds, steps_here = 0.0, 0  # time in optimiser steps only (no validation), this invocation
     in_epoch = step - epoch * steps_per_epoch if ckpt is not None else 0
     progress = progress_cb(steps_per_epoch, max_steps, req.time_limit) if (progress_cb and ctx.is_main) else None
     try:
@@ -370,6 +372,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                     batch = batch[rank::world]
                 elif world > 1:
                     batch = batch[rank::world]
+                t_step = time.perf_counter()
                 loss = step_module(denom=denom, **make_batch(cfg, ds, batch, n_train, step, n_items, device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -378,6 +381,8 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                 opt.step()
                 step += 1
                 lv = float(dist.all_reduce_sum(loss.detach().reshape(1), device)[0]) / world
+                step_seconds += time.perf_counter() - t_step
+                steps_here += 1
                 loss_sum += lv
                 last_loss = lv
                 loss_n += 1
@@ -405,7 +410,8 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     result = TrainResult(run_dir=run_dir, model=cfg.model, embedding=cfg.embedding, device=str(device),
                          epochs=epoch, steps=step, elapsed_s=elapsed, stop_reason=stop_reason,
                          best_metric=best, last_metrics=last_metrics, parameters=count_parameters(model),
-                         world_size=world, last_loss=last_loss)
+                         world_size=world, last_loss=last_loss,
+                         step_s=step_seconds / steps_here if steps_here else float("nan"))
     dist.shutdown(ctx)
     return result
 
