@@ -44,6 +44,7 @@ class TrainConfig:
     pos_init_std: float = 0.05
     centroid_init: float = 0.05  # JPQ centroids start uniform in +-centroid_init (official code: 0.05)
     weight_decay: float = 0.0
+    item_lr: float | None = None  # Adam lr of the item embedding (JPQ centroids / dense tables); None: lr
     grad_clip: float = 0.0  # 0: off
     steps_per_epoch: int = 0  # 0: one pass over the training users
     # Added to every logit inside BCE/gBCE (never to ranking scores). None: -log(negatives), so the
@@ -169,6 +170,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.val_users >= 1, "val_users must be >= 1"),
         (cfg.patience >= 1, "patience must be >= 1"),
         (cfg.weight_decay >= 0, "weight_decay must be >= 0"),
+        (cfg.item_lr is None or cfg.item_lr > 0, "item_lr must be > 0 (or null: lr)"),
         (cfg.grad_clip >= 0, "grad_clip must be >= 0"),
         (cfg.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
     ]

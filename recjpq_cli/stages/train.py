@@ -277,7 +277,11 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     n_items = ds.n_items
     args = model_args_from_config(cfg, n_items, tuple(codes.shape) if codes is not None else None, ksub)
     model = build_model(args, codes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    item_params = list(model.items.parameters())
+    ids = {id(p) for p in item_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
+              {"params": item_params, "lr": cfg.item_lr if cfg.item_lr is not None else cfg.lr}]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_train = sequences.train_lengths(ds)
     trainable = sequences.trainable_users(ds) if cfg.model != "bert4rec" else np.flatnonzero(n_train >= 1)
     if len(trainable) == 0:
