@@ -21,7 +21,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     data = tmp_path / "data" / "ml-1m"
     data.mkdir(parents=True)
     log = pl.read_csv(sample_csv).sort(["user_id", "timestamp"], maintain_order=True)
-    (data / "ml-1m.txt").write_text("".join(f"{u} {i}\n" for u, i in zip(log["user_id"], log["item_id"])))
+    log.select("user_id", "item_id").write_csv(data / "ml-1m.txt", separator=" ", include_header=False)
     out = tmp_path / "out"
     env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
                         "OMP_NUM_THREADS": "1"}
