@@ -62,6 +62,14 @@ def test_two_gloo_processes_match_one_process_with_doubled_batch(ds_codes, tmp_p
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(v.float(), b["state_dict"][k].float(), rtol=1e-3, atol=1e-4)
     assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    # --resume under DDP, with the semantics printed at start
+    cmd_resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                  "-m", "recjpq_cli", "train", str(ds), "--out", str(ddp), "--resume", "--max-steps", "5"]
+    res = subprocess.run(cmd_resume, env=_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "effective batch 64" in res.stderr and "learning rate not scaled" in res.stderr
+    resumed = torch.load(ddp / "last.pt", weights_only=True)
+    assert resumed["step"] == 5 and resumed["world_size"] == 2
 
 
 _RANKS_SCRIPT = r"""

@@ -307,6 +307,12 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     run_dir = req.out
     if ctx.is_main:
         _prepare_run_dir(req, cfg, codes_path)
+        if world > 1 and not req.quiet:
+            from recjpq_cli.console import console
+
+            console().print(f"distributed: {world} processes ({ctx.device.type}); batch_size {cfg.batch_size} per process, "
+                            f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
+                            f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False)
     dist.barrier(ctx)
 
     def checkpoint(path: Path, metrics_now: dict[str, float]) -> None:
