@@ -282,3 +282,12 @@ def test_cuda_steps_and_checkpoint_round_trip(ds_codes, tmp_path) -> None:
     res = _run(CliRunner(), ["train", ds, "--out", out, "--resume", "--max-steps", 8, "--device", "cuda", "-q"])
     assert res.exit_code == 0, res.stderr
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 8
+
+
+def test_unwritable_json_path_is_refused_before_training(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--out", tmp_path / "r", *SMALL,
+                             "--json", tmp_path / "missing" / "t.json"])
+    assert res.exit_code == 1
+    assert "missing" in _one_error_line(res)
+    assert not (tmp_path / "r").exists()

@@ -37,12 +37,10 @@ def assign(
 ) -> None:
     """Assign each item a code of M sub-ids from the training interactions (random, svd or bpr)."""
     from recjpq_cli.console import progress
-    from recjpq_cli.data.io import check_json_path
     from recjpq_cli.stages import assign as stage
     from recjpq_cli.stages.render import assign_table
 
-    with user_errors():
-        check_json_path(json)
+    with user_errors(json):
         cfg = stage.AssignConfig(dataset=dataset, out=out, strategy=strategy.value, M=code_length, ksub=centroids,
                                  seed=seed, epochs=epochs, unique=unique, overwrite=overwrite)
         with progress(quiet=quiet or strategy is not Strategy.bpr, transient=True) as p:

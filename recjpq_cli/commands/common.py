@@ -34,9 +34,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the library's typed errors into one ``Error:`` line and exit 1, once, at the CLI boundary."""
+def user_errors(json_path: str | None = None) -> Iterator[None]:
+    """Turn the library's typed errors into one ``Error:`` line and exit 1, once, at the CLI boundary.
+
+    A ``--json PATH`` that cannot be written is refused here, before the command does any work.
+    """
     try:
+        from recjpq_cli.data.io import check_json_path
+
+        check_json_path(json_path)
         yield
     except RecJPQError as e:
         raise fail(str(e)) from None

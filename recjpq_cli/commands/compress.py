@@ -38,7 +38,7 @@ def compress(
     from recjpq_cli.stages import compress as stage
     from recjpq_cli.stages.render import compress_table
 
-    with user_errors():
+    with user_errors(json):
         check_json_target(json)
         cfg = stage.CompressConfig(run=run, out=out, data=data, checkpoint=checkpoint.value,
                                    centroid_dtype=centroid_dtype.value, from_dense=from_dense,

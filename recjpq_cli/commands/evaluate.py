@@ -76,7 +76,7 @@ def evaluate(
     from recjpq_cli.stages import evaluate as stage
     from recjpq_cli.stages.render import evaluate_table
 
-    with user_errors():
+    with user_errors(json):
         check_json_target(json)
         cfg = stage.EvaluateConfig(
             sources=tuple(sources or ()), data=data, split=split.value, ks=tuple(ks), filter_seen=filter_seen,

@@ -37,12 +37,10 @@ def prepare(
     json: JsonOpt = None,
 ) -> None:
     """Turn a raw interaction log into a leave-one-out sequential dataset folder."""
-    from recjpq_cli.data.io import check_json_path
     from recjpq_cli.stages import prepare as stage
     from recjpq_cli.stages.render import prepare_table
 
-    with user_errors():
-        check_json_path(json)
+    with user_errors(json):
         cfg = stage.PrepareConfig(
             input=input, out=out, format=format.value if format else None,
             user_col=user_col, item_col=item_col, time_col=time_col or "timestamp",

@@ -30,7 +30,7 @@ def recommend(
     from recjpq_cli.stages import recommend as stage
     from recjpq_cli.stages.render import recommend_summary
 
-    with user_errors():
+    with user_errors(json):
         check_json_target(json)
         cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
                                     filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,

@@ -22,11 +22,9 @@ def synth(
 ) -> None:
     """Write a realistic synthetic log (user_id, item_id, timestamp) with sequential structure."""
     from recjpq_cli.console import console
-    from recjpq_cli.data.io import check_json_path
     from recjpq_cli.stages import synth as stage
 
-    with user_errors():
-        check_json_path(json)
+    with user_errors(json):
         with console().status("generating", spinner="dots") if not quiet else _null():
             result = stage.run(stage.SynthConfig(users=users, items=items, interactions=interactions,
                                                  out=out, seed=seed, overwrite=overwrite))

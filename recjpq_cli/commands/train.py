@@ -81,7 +81,7 @@ def train(
     from recjpq_cli.stages import train as stage
     from recjpq_cli.stages.render import train_table
 
-    with user_errors():
+    with user_errors(json):
         req = stage.TrainRequest(
             dataset=dataset, out=out, codes=codes, embedding=embedding.value if embedding else None,
             model=model.value if model else None, config_file=config, overrides=parse_set(set_ or []),
