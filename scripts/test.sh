@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 PY=${PYTHON:-python3}
 "$PY" -m ruff check recjpq_cli tests benchmarks
-"$PY" -m pytest -q -p no:cacheprovider "$@"
+"$PY" -m pytest -p no:cacheprovider "$@"
