@@ -291,3 +291,18 @@ def test_unwritable_json_path_is_refused_before_training(ds_codes, tmp_path) -> 
     assert res.exit_code == 1
     assert "missing" in _one_error_line(res)
     assert not (tmp_path / "r").exists()
+
+
+def test_metrics_lines_are_strict_json_even_without_steps(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    out = tmp_path / "r"
+    runner = CliRunner()
+    assert _run(runner, ["train", ds, "--codes", codes, "--out", out, "--max-steps", 1, *SMALL, "-q"]).exit_code == 0
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--max-steps", 1, "-q"])  # nothing left to do
+    assert res.exit_code == 0, res.stderr
+
+    def no_nan(x: str) -> None:
+        raise AssertionError(f"non-JSON constant {x}")
+
+    lines = [json.loads(x, parse_constant=no_nan) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] is None and lines[0]["train_loss"] is not None

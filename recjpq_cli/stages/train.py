@@ -344,7 +344,8 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
         if ctx.is_main:
             with open(run_dir / METRICS, "a") as f:
                 f.write(json.dumps({"epoch": epoch, "step": step, "elapsed_s": round(elapsed, 3),
-                                    "train_loss": train_loss, **m}) + "\n")
+                                    "train_loss": train_loss if math.isfinite(train_loss) else None,
+                                    **m}) + "\n")
             checkpoint(run_dir / LAST, m)
             if improved or not (run_dir / BEST).exists():
                 shutil.copyfile(run_dir / LAST, run_dir / BEST)
