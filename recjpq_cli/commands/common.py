@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
@@ -57,6 +56,3 @@ def emit(facts: dict[str, Any], json_path: str | None) -> None:
 
     write_json(json_path, facts)
 
-
-def path_arg(p: Path | None) -> Path | None:
-    return None if p is None else Path(p)

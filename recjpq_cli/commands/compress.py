@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from recjpq_cli.commands.common import JsonOpt, OverwriteOpt, QuietOpt, emit, user_errors
-from recjpq_cli.commands.evaluate import Checkpoint, CheckpointOpt, check_json_target
+from recjpq_cli.commands.evaluate import Checkpoint, CheckpointOpt
 
 
 class CentroidDtype(str, Enum):
@@ -39,7 +39,6 @@ def compress(
     from recjpq_cli.stages.render import compress_table
 
     with user_errors(json):
-        check_json_target(json)
         cfg = stage.CompressConfig(run=run, out=out, data=data, checkpoint=checkpoint.value,
                                    centroid_dtype=centroid_dtype.value, from_dense=from_dense,
                                    code_length=code_length, centroids=centroids, kmeans_iters=kmeans_iters,

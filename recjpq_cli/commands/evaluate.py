@@ -42,14 +42,6 @@ def parse_ks(value: str) -> list[int]:
     return ks
 
 
-def check_json_target(json: str | None) -> None:
-    """Fail before any work when the --json file cannot be written."""
-    from recjpq_cli.errors import InputError
-
-    if json not in (None, "-") and not Path(json).parent.exists():
-        raise InputError(f"{Path(json).parent}: folder for the JSON output does not exist")
-
-
 def evaluate(
     data: DataOpt,
     sources: Annotated[Optional[list[Path]], typer.Argument(help="Run folders (RUN_DIR/best.pt) and/or model files from `recjpq compress`.", show_default=False, metavar="RUN_DIR_OR_MODEL")] = None,
@@ -77,7 +69,6 @@ def evaluate(
     from recjpq_cli.stages.render import evaluate_table
 
     with user_errors(json):
-        check_json_target(json)
         cfg = stage.EvaluateConfig(
             sources=tuple(sources or ()), data=data, split=split.value, ks=tuple(ks), filter_seen=filter_seen,
             checkpoint=checkpoint.value, batch_size=batch_size, device=device.value,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from recjpq_cli.commands.common import Device, DeviceOpt, JsonOpt, OverwriteOpt, QuietOpt, emit, user_errors
-from recjpq_cli.commands.evaluate import BatchOpt, Checkpoint, CheckpointOpt, FilterOpt, check_json_target
+from recjpq_cli.commands.evaluate import BatchOpt, Checkpoint, CheckpointOpt, FilterOpt
 
 
 def recommend(
@@ -31,7 +31,6 @@ def recommend(
     from recjpq_cli.stages.render import recommend_summary
 
     with user_errors(json):
-        check_json_target(json)
         cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
                                     filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
                                     device=device.value, overwrite=overwrite)
