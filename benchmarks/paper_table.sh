@@ -12,6 +12,9 @@
 #             gsasrec-svd bert4rec-dense bert4rec-svd)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
+#   KSUB      centroids per split for every assignment (default: 131072 / D, so that ksub x d, the number of
+#             item parameters, equals the paper's 256 x 512 whatever D is; at least 256 and at most half the
+#             dataset's items). At D=128 on ML-1M, ksub 1,024 learned well above ksub 256 (docs/results.md).
 # A row whose run folder already has best.pt is kept (the script can be rerun to finish a table).
 set -euo pipefail
 if [ $# -ne 4 ]; then
@@ -31,8 +34,12 @@ for name in $DATASETS; do
   ds="$dir/data"
   mkdir -p "$dir/runs" "$dir/models"
   [ -d "$ds" ] || recjpq prepare "$raw" --out "$ds" --json "$dir/prepare.json"
+  if [ -n "${KSUB:-}" ]; then ksub=$KSUB; else
+    ksub=$(python3 -c 'import sys, yaml; n = yaml.safe_load(open(sys.argv[1]))["n_items"]; print(max(2, min(max(256, 131072 // int(sys.argv[2])), n // 2)))' "$ds/dataset.yaml" "$D")
+  fi
   for s in random svd bpr; do
-    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
+    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --centroids "$ksub" --out "$dir/codes-$s.npy" \
+      --json "$dir/assign-$s.json"
   done
   for row in $ROWS; do
     model=${row%-*} kind=${row#*-}
