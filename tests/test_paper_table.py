@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["sasrec-dense", "sasrec-random", "sasrec-svd", "sasrec-bpr", "gsasrec-dense", "gsasrec-svd",
@@ -29,6 +30,10 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
                           "1", "16"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     d = out / "ml-1m"
+    n_items = yaml.safe_load((d / "data" / "dataset.yaml").read_text())["n_items"]
+    for s in ("random", "svd", "bpr"):  # ksub = 131072 / D (the paper's 256 x 512), at most half the items
+        side = yaml.safe_load((d / f"codes-{s}.yaml").read_text())
+        assert side["ksub"] == min(131072 // 16, n_items // 2) and side["M"] == 8
     table = json.loads((d / "eval-all.json").read_text())
     names = [r["name"] for r in table["runs"]]
     assert names == ROWS + ["popularity"]
