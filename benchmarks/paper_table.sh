@@ -35,7 +35,8 @@ for name in $DATASETS; do
   mkdir -p "$dir/runs" "$dir/models"
   [ -d "$ds" ] || recjpq prepare "$raw" --out "$ds" --json "$dir/prepare.json"
   if [ -n "${KSUB:-}" ]; then ksub=$KSUB; else
-    ksub=$(python3 -c 'import sys, yaml; n = yaml.safe_load(open(sys.argv[1]))["n_items"]; print(max(2, min(max(256, 131072 // int(sys.argv[2])), n // 2)))' "$ds/dataset.yaml" "$D")
+    n_items=$(awk '/^n_items:/ {print $2}' "$ds/dataset.yaml")
+    ksub=$(( 131072 / D )); (( ksub >= 256 )) || ksub=256; (( ksub <= n_items / 2 )) || ksub=$(( n_items / 2 ))
   fi
   for s in random svd bpr; do
     [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --centroids "$ksub" --out "$dir/codes-$s.npy" \
