@@ -7,6 +7,7 @@ trains on its shard of each batch, and only rank 0 writes.
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from dataclasses import dataclass
@@ -91,5 +92,7 @@ def barrier(ctx: DistContext) -> None:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Destroy the process group while the interpreter is fully alive (call after dropping any DDP wrapper)."""
     if ctx.initialized and tdist.is_initialized():
+        gc.collect()  # a DDP reducer kept alive by a reference cycle would otherwise outlive the group
         tdist.destroy_process_group()

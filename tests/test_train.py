@@ -306,3 +306,33 @@ def test_metrics_lines_are_strict_json_even_without_steps(ds_codes, tmp_path) ->
 
     lines = [json.loads(x, parse_constant=no_nan) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_loss"] is None and lines[0]["train_loss"] is not None
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_training_like_ctrl_c(ds_codes, tmp_path, sig: str) -> None:
+    """SIGTERM (a scheduler's time limit) and SIGINT (Ctrl-C) validate, save last.pt and best.pt, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ds, codes = ds_codes
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "recjpq_cli", "train", str(ds), "--codes", str(codes), "--out", str(run),
+           *SMALL, "--set", "steps_per_epoch=2", "--max-steps", "1000000", "--json", str(tmp_path / "t.json"), "-q"]
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):  # training, past two validations
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    facts = json.loads((tmp_path / "t.json").read_text())
+    assert facts["stop_reason"] == "interrupted" and facts["steps"] >= 4
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["step"] == facts["steps"] and (run / "best.pt").is_file()
+    assert not list(tmp_path.glob(".*tmp*")) and not list(run.glob(".*tmp*"))

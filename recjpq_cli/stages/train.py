@@ -357,6 +357,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     step_seconds, steps_here = 0.0, 0  # time in optimiser steps only (no validation), this invocation
     in_epoch = step - epoch * steps_per_epoch if ckpt is not None else 0
     progress = progress_cb(steps_per_epoch, max_steps, req.time_limit) if (progress_cb and ctx.is_main) else None
+    restore_sigterm = _sigterm_as_interrupt() if world == 1 else (lambda: None)
     try:
         while True:
             if req.max_epochs is not None and epoch >= req.max_epochs:
@@ -412,6 +413,8 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
+    finally:
+        restore_sigterm()
     if loss_n or not last_metrics:  # steps since the last validation, or none yet: validate at the stop
         last_metrics = validate_and_save(loss_sum / loss_n if loss_n else float("nan"), epoch_end=False)
     if progress:
@@ -423,8 +426,30 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                          best_metric=best, last_metrics=last_metrics, parameters=count_parameters(model),
                          world_size=world, last_loss=last_loss,
                          step_s=step_seconds / steps_here if steps_here else float("nan"))
+    # The DDP wrapper's reducer holds the process group: drop it first, so that gloo's worker threads are
+    # joined now, not during interpreter exit (where they could abort the process after a finished run).
+    del step_module
     dist.shutdown(ctx)
     return result
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's time limit, `kill`, `timeout`) stops training like Ctrl-C: validate, save, exit 130.
+
+    Only in a single process, from the main thread (torchrun's agent manages its workers' signals itself).
+    Returns a function that puts the previous handler back.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare_run_dir(req: TrainRequest, cfg: TrainConfig, codes_path: Path | None) -> None:
