@@ -12,6 +12,8 @@
 #             gsasrec-svd bert4rec-dense bert4rec-svd)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
+#   DENSE_EXTRA  more arguments for the dense rows only (e.g. "--set tie_embeddings=true": one item table for
+#             input and output, as JPQ has; the paper's dense baseline has two)
 #   KSUB      centroids per split for every assignment (default: 131072 / D, so that ksub x d, the number of
 #             item parameters, equals the paper's 256 x 512 whatever D is; at least 256 and at most half the
 #             dataset's items). At D=128 on ML-1M, ksub 1,024 learned well above ksub 256 (docs/results.md).
@@ -26,6 +28,7 @@ DATASETS=${DATASETS:-"ml-1m beauty"}
 ROWS=${ROWS:-"sasrec-dense sasrec-random sasrec-svd sasrec-bpr gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd"}
 DROPOUT=${DROPOUT:-0.2}
 EXTRA=${EXTRA:-}
+DENSE_EXTRA=${DENSE_EXTRA:-}
 mkdir -p "$OUT"
 
 for name in $DATASETS; do
@@ -46,7 +49,8 @@ for name in $DATASETS; do
     model=${row%-*} kind=${row#*-}
     run="$dir/runs/$row"
     [ -f "$run/best.pt" ] && continue
-    if [ "$kind" = dense ]; then emb=(--embedding full); else emb=(--codes "$dir/codes-$kind.npy"); fi
+    # shellcheck disable=SC2206
+    if [ "$kind" = dense ]; then emb=(--embedding full $DENSE_EXTRA); else emb=(--codes "$dir/codes-$kind.npy"); fi
     drop=(); [ "$model" = bert4rec ] || drop=(--set "dropout=$DROPOUT")
     # shellcheck disable=SC2086
     recjpq train "$ds" "${emb[@]}" --model "$model" --out "$run" --overwrite --time-limit "$BUDGET" \

@@ -25,7 +25,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     log.select("user_id", "item_id").write_csv(data / "ml-1m.txt", separator=" ", include_header=False)
     out = tmp_path / "out"
     env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
-                        "OMP_NUM_THREADS": "1"}
+                        "DENSE_EXTRA": "--set tie_embeddings=true", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "paper_table.sh"), str(tmp_path / "data"), str(out),
                           "1", "16"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -47,6 +47,8 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     for row in ROWS:
         facts = json.loads((d / "runs" / f"{row}.train.json").read_text())
         assert facts["stop_reason"] == "time_limit" and facts["model"] == row.split("-")[0]
+        run_cfg = yaml.safe_load((d / "runs" / row / "config.yaml").read_text())
+        assert run_cfg["tie_embeddings"] is row.endswith("dense")  # DENSE_EXTRA reaches the dense rows only
         if not row.endswith("dense"):
             size = json.loads((d / "models" / f"{row}.json").read_text())
             assert size["item_table_ratio"] > 1 and (d / "models" / f"{row}.safetensors").is_file()
