@@ -49,6 +49,8 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
         assert facts["stop_reason"] == "time_limit" and facts["model"] == row.split("-")[0]
         run_cfg = yaml.safe_load((d / "runs" / row / "config.yaml").read_text())
         assert run_cfg["tie_embeddings"] is row.endswith("dense")  # DENSE_EXTRA reaches the dense rows only
+        if row.startswith("gsasrec"):  # negatives shared per sequence by default (affordable at ksub 1,024)
+            assert run_cfg["negatives_per"] == "sequence"
         if not row.endswith("dense"):
             size = json.loads((d / "models" / f"{row}.json").read_text())
             assert size["item_table_ratio"] > 1 and (d / "models" / f"{row}.safetensors").is_file()
