@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -439,9 +441,6 @@ def _sigterm_as_interrupt():
     Only in a single process, from the main thread (torchrun's agent manages its workers' signals itself).
     Returns a function that puts the previous handler back.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
