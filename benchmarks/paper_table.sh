@@ -20,6 +20,8 @@
 #   KSUB      centroids per split for every assignment (default: 131072 / D, so that ksub x d, the number of
 #             item parameters, equals the paper's 256 x 512 whatever D is; at least 256 and at most half the
 #             dataset's items). At D=128 on ML-1M, ksub 1,024 learned well above ksub 256 (docs/results.md).
+#   M         sub-ids per item (splits) for every assignment (default 8, the paper's). More splits of fewer
+#             dimensions each share less of an item's vector with any other item (docs/results.md, Beauty)
 # A row whose run folder already has best.pt is kept (the script can be rerun to finish a table).
 set -euo pipefail
 if [ $# -ne 4 ]; then
@@ -33,6 +35,7 @@ DROPOUT=${DROPOUT:-0.2}
 EXTRA=${EXTRA:-}
 DENSE_EXTRA=${DENSE_EXTRA:-}
 GSASREC_NEGATIVES_PER=${GSASREC_NEGATIVES_PER:-sequence}
+M=${M:-8}
 mkdir -p "$OUT"
 
 for name in $DATASETS; do
@@ -46,7 +49,7 @@ for name in $DATASETS; do
     ksub=$(( 131072 / D )); (( ksub >= 256 )) || ksub=256; (( ksub <= n_items / 2 )) || ksub=$(( n_items / 2 ))
   fi
   for s in random svd bpr; do
-    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --centroids "$ksub" --out "$dir/codes-$s.npy" \
+    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --code-length "$M" --centroids "$ksub" --out "$dir/codes-$s.npy" \
       --json "$dir/assign-$s.json"
   done
   for row in $ROWS; do

@@ -25,7 +25,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     log.select("user_id", "item_id").write_csv(data / "ml-1m.txt", separator=" ", include_header=False)
     out = tmp_path / "out"
     env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
-                        "DENSE_EXTRA": "--set tie_embeddings=true", "OMP_NUM_THREADS": "1"}
+                        "DENSE_EXTRA": "--set tie_embeddings=true", "M": "4", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "paper_table.sh"), str(tmp_path / "data"), str(out),
                           "1", "16"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -33,7 +33,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     n_items = yaml.safe_load((d / "data" / "dataset.yaml").read_text())["n_items"]
     for s in ("random", "svd", "bpr"):  # ksub = 131072 / D (the paper's 256 x 512), at most half the items
         side = yaml.safe_load((d / f"codes-{s}.yaml").read_text())
-        assert side["ksub"] == min(131072 // 16, n_items // 2) and side["M"] == 8
+        assert side["ksub"] == min(131072 // 16, n_items // 2) and side["M"] == 4  # M from the environment
     table = json.loads((d / "eval-all.json").read_text())
     names = [r["name"] for r in table["runs"]]
     assert names == ROWS + ["popularity"]
