@@ -49,8 +49,8 @@ for name in $DATASETS; do
     ksub=$(( 131072 / D )); (( ksub >= 256 )) || ksub=256; (( ksub <= n_items / 2 )) || ksub=$(( n_items / 2 ))
   fi
   for s in random svd bpr; do
-    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --code-length "$M" --centroids "$ksub" --out "$dir/codes-$s.npy" \
-      --json "$dir/assign-$s.json"
+    [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --code-length "$M" --centroids "$ksub" \
+      --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
   done
   for row in $ROWS; do
     model=${row%-*} kind=${row#*-}
