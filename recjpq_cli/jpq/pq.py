@@ -16,11 +16,15 @@ from torch import Tensor
 
 from recjpq_cli.jpq.embedding import JPQEmbedding
 
-KMEANS_CHUNK = 8_192
+# The assignment step's distance block holds at most this many floats (M x rows x ksub): 256 MiB.
+KMEANS_BLOCK_FLOATS = 64 * 2**20
 # As faiss: k-means trains on at most this many rows per centroid; then every row is assigned once.
 MAX_POINTS_PER_CENTROID = 256
 # k-means++ seeding looks at this many rows per centroid (its cost is ksub passes over them).
 SEED_POINTS_PER_CENTROID = 32
+# Above this many centroids per split, seeding is ksub distinct random rows (faiss's default) instead of
+# k-means++, whose ksub sequential passes would dominate (about 7 minutes at ksub 8,192 on 54,542 items).
+KMEANS_PP_MAX_KSUB = 1024
 
 
 def codes_dtype(ksub: int) -> torch.dtype:
@@ -28,8 +32,13 @@ def codes_dtype(ksub: int) -> torch.dtype:
     return torch.uint8 if ksub <= 256 else torch.int32
 
 
-def _assign(x: Tensor, cents: Tensor, chunk: int) -> Tensor:
-    """Nearest centroid per sub-space: x (M, n, dsub), cents (M, ksub, dsub) -> (M, n) int64."""
+def _assign(x: Tensor, cents: Tensor, chunk: int | None = None) -> Tensor:
+    """Nearest centroid per sub-space: x (M, n, dsub), cents (M, ksub, dsub) -> (M, n) int64.
+
+    Rows go in blocks of ``chunk`` (default: as many as keep the distance block under KMEANS_BLOCK_FLOATS).
+    """
+    m_splits, ksub = cents.shape[0], cents.shape[1]
+    chunk = chunk or max(1, KMEANS_BLOCK_FLOATS // (m_splits * ksub))
     c_sq = (cents * cents).sum(-1)[:, None, :]  # (M, 1, ksub)
     c_t = cents.transpose(1, 2).contiguous()  # (M, dsub, ksub)
     out = torch.empty(x.shape[0], x.shape[1], dtype=torch.long)
@@ -40,30 +49,42 @@ def _assign(x: Tensor, cents: Tensor, chunk: int) -> Tensor:
 
 
 def _kmeans_pp(x: Tensor, ksub: int, g: torch.Generator) -> Tensor:
-    """k-means++ seeding in every sub-space at once: x (M, n, dsub) -> (M, ksub, dsub)."""
+    """k-means++ seeding in every sub-space at once: x (M, n, dsub) -> (M, ksub, dsub).
+
+    Each next centroid is drawn with probability proportional to the squared distance to the nearest one so
+    far, by inverse CDF (cumulative sum + binary search) in float64; when every row is covered, uniformly.
+    """
     m_splits, n, _ = x.shape
     ar = torch.arange(m_splits)
-    first = torch.randint(0, n, (m_splits,), generator=g)
-    cents = [x[ar, first]]  # ksub entries of (M, dsub)
-    d2 = ((x - cents[0][:, None]) ** 2).sum(-1)  # (M, n)
-    for _ in range(1, ksub):
-        w = d2.double()
-        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # all covered: pick uniformly
-        nxt = torch.multinomial(w, 1, generator=g)[:, 0]
-        c = x[ar, nxt]
-        cents.append(c)
-        d2 = torch.minimum(d2, ((x - c[:, None]) ** 2).sum(-1))
-    return torch.stack(cents, 1)
+    cents = torch.empty(m_splits, ksub, x.shape[2], dtype=x.dtype)
+    cents[:, 0] = x[ar, torch.randint(0, n, (m_splits,), generator=g)]
+    d2 = ((x - cents[:, :1]) ** 2).sum(-1)  # (M, n)
+    for j in range(1, ksub):  # over centroids: ksub sequential draws
+        cum = torch.cumsum(d2.double(), 1)  # (M, n)
+        total = cum[:, -1:]
+        u = torch.rand(m_splits, 1, generator=g, dtype=torch.float64) * total
+        nxt = torch.searchsorted(cum, u)[:, 0].clamp(max=n - 1)
+        uniform = torch.randint(0, n, (m_splits,), generator=g)
+        nxt = torch.where(total[:, 0] > 0, nxt, uniform)
+        cents[:, j] = x[ar, nxt]
+        torch.minimum(d2, ((x - cents[:, j:j + 1]) ** 2).sum(-1), out=d2)
+    return cents
+
+
+def _random_rows(x: Tensor, ksub: int, g: torch.Generator) -> Tensor:
+    """ksub distinct random rows per sub-space: x (M, n, dsub) -> (M, ksub, dsub)."""
+    pick = torch.rand(x.shape[0], x.shape[1], generator=g).argsort(1)[:, :ksub]  # (M, ksub)
+    return torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
 
 @torch.no_grad()
 def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 0,
-              chunk: int = KMEANS_CHUNK) -> tuple[Tensor, Tensor]:
+              chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """Product-quantise rows of ``table`` (n, d): codes (n, M) int64 and centroids (M, ksub, d / M) float32.
 
     Trains on a seeded sample of at most ``256 * ksub`` rows (as faiss), then assigns every row. Centroids
-    start from k-means++ seeding; an emptied centroid is moved to a random row. Training stops early when no
-    assignment changes.
+    start from k-means++ seeding (ksub <= 1,024) or ksub distinct random rows (more); an emptied centroid is
+    moved to a random row. Training stops early when no assignment changes.
     """
     n, d = table.shape
     if d % M:
@@ -74,8 +95,11 @@ def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 
     n_train = min(n, MAX_POINTS_PER_CENTROID * ksub)
     x = x_all if n_train == n else x_all[:, torch.randperm(n, generator=g)[:n_train]].contiguous()
     n = n_train
-    n_seed = min(n, SEED_POINTS_PER_CENTROID * ksub)
-    cents = _kmeans_pp(x[:, torch.randperm(n, generator=g)[:n_seed]], ksub, g)  # (M, ksub, dsub)
+    if ksub <= KMEANS_PP_MAX_KSUB:
+        n_seed = min(n, SEED_POINTS_PER_CENTROID * ksub)
+        cents = _kmeans_pp(x[:, torch.randperm(n, generator=g)[:n_seed]], ksub, g)  # (M, ksub, dsub)
+    else:
+        cents = _random_rows(x, ksub, g)
     offsets = (torch.arange(M) * ksub)[:, None]  # (M, 1)
     codes = _assign(x, cents, chunk)
     for _ in range(iters):
