@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     pos_init_std: float = 0.05
     centroid_init: float = 0.05  # JPQ centroids start uniform in +-centroid_init (official code: 0.05)
+    # Start from the codes' k-means centroids (svd-kmeans codes only), rescaled to the std of that uniform init.
+    init_centroids: bool = True
     weight_decay: float = 0.0
     item_lr: float | None = None  # Adam lr of the item embedding (JPQ centroids / dense tables); None: lr
     grad_clip: float = 0.0  # 0: off

@@ -239,8 +239,10 @@ def test_svd_component_count_limits():
     factors, s = svd_factors(a, 5, seed=0)  # M == min(shape): dense fallback
     _, s_ref, _ = np.linalg.svd(a.toarray(), full_matrices=False)
     assert factors.shape == (20, 5) and np.allclose(s, s_ref)
-    with pytest.raises(ConfigError, match="M=6"):
+    with pytest.raises(ConfigError, match=r"6 components \(-m 6\)"):
         svd_factors(a, 6, seed=0)
+    with pytest.raises(ConfigError, match=r"\(--dim 6\).*smaller --dim"):  # svd-kmeans names its own option
+        svd_factors(a, 6, seed=0, option="--dim")
 
 
 # ---------------------------------------------------------------- load_codes checks

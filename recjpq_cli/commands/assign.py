@@ -15,12 +15,15 @@ class Strategy(str, Enum):
     random = "random"
     svd = "svd"
     bpr = "bpr"
+    svd_kmeans = "svd-kmeans"
 
 
 def assign(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `recjpq prepare`.", show_default=False)],
     strategy: Annotated[Strategy, typer.Option("--strategy", "-s", help="How codes are chosen: uniform random, "
-                                               "discretised truncated SVD, or discretised BPR factors.",
+                                               "discretised truncated SVD, discretised BPR factors, or a d-dimensional "
+                                               "SVD product-quantised by k-means (svd-kmeans, RecJPQ-HC: also writes "
+                                               "CODES.centroids.npy, the centroids training starts from).",
                                                show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Codes file to write (CODES.npy; the sidecar CODES.yaml "
                                       "goes next to it).", show_default=False)],
@@ -29,20 +32,22 @@ def assign(
                                            help="ksub: centroids per split (<= 256 stores codes as uint8).")] = 256,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed: same inputs and seed give identical codes.")] = 0,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="BPR epochs (passes over the training interactions).")] = 20,
+    dim: Annotated[int, typer.Option("--dim", min=1, help="svd-kmeans: SVD components, the d you will train with "
+                                     "(a multiple of -m).")] = 512,
     unique: Annotated[bool, typer.Option("--unique/--no-unique", help="Move items that share a full code to the "
                                          "nearest free code.")] = True,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json: JsonOpt = None,
 ) -> None:
-    """Assign each item a code of M sub-ids from the training interactions (random, svd or bpr)."""
+    """Assign each item a code of M sub-ids from the training interactions (random, svd, bpr or svd-kmeans)."""
     from recjpq_cli.console import progress
     from recjpq_cli.stages import assign as stage
     from recjpq_cli.stages.render import assign_table
 
     with user_errors(json):
         cfg = stage.AssignConfig(dataset=dataset, out=out, strategy=strategy.value, M=code_length, ksub=centroids,
-                                 seed=seed, epochs=epochs, unique=unique, overwrite=overwrite)
+                                 seed=seed, epochs=epochs, dim=dim, unique=unique, overwrite=overwrite)
         with progress(quiet=quiet or strategy is not Strategy.bpr, transient=True) as p:
             task = p.add_task("bpr", total=epochs, info="")
 

@@ -30,13 +30,53 @@ def codes_dtype(ksub: int) -> np.dtype:
     return np.dtype(np.uint8) if ksub <= 256 else np.dtype(np.uint16)
 
 
-def save_codes(path: Path, codes: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write ``CODES.npy`` and its sidecar together, atomically (both appear or neither)."""
+def centroids_path(path: Path) -> Path:
+    """``CODES.centroids.npy`` next to ``CODES.npy``: the starting centroids of an ``svd-kmeans`` assignment."""
+    return Path(path).with_suffix(".centroids.npy")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save must not append its own suffix
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_codes(path: Path, codes: np.ndarray, meta: dict[str, Any], centroids: np.ndarray | None = None) -> None:
+    """Write ``CODES.npy``, its sidecar and (svd-kmeans) ``CODES.centroids.npy`` together, atomically."""
     path = Path(path)
-    with atomic_files([path, sidecar_path(path)]) as (tmp_npy, tmp_yaml):
-        with open(tmp_npy, "wb") as f:  # a file object: np.save must not append its own suffix
-            np.save(f, np.ascontiguousarray(codes), allow_pickle=False)
-        tmp_yaml.write_text(dump_yaml(meta))
+    paths = [path, sidecar_path(path)] + ([centroids_path(path)] if centroids is not None else [])
+    with atomic_files(paths) as tmps:
+        _save_npy(tmps[0], codes)
+        tmps[1].write_text(dump_yaml(meta))
+        if centroids is not None:
+            _save_npy(tmps[2], centroids.astype(np.float32))
+
+
+def load_init_centroids(path: Path, side: dict[str, Any]) -> np.ndarray | None:
+    """The starting centroids ``(M, ksub, dsub)`` float32 named by the sidecar's ``centroids_file``, or None.
+
+    Checks: the file exists next to the codes, is a float32 ``.npy`` of shape ``(M, ksub, dsub)`` matching
+    the sidecar, and holds only finite values. Each failure is an InputError naming the file.
+    """
+    name = side.get("centroids_file")
+    if name is None:
+        return None
+    where = sidecar_path(path)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise InputError(f"{where}: 'centroids_file' must be a file name next to the codes, got {name!r}")
+    cpath = Path(path).parent / name
+    if not cpath.is_file():
+        raise InputError(f"{cpath}: initial centroids file not found (named by {where.name}; assign the codes again)")
+    try:
+        c = np.load(cpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{cpath}: not a readable .npy file ({type(e).__name__})") from None
+    M, ksub = side["M"], side["ksub"]
+    if c.dtype != np.float32 or c.ndim != 3 or c.shape[:2] != (M, ksub) or c.shape[2] < 1:
+        raise InputError(f"{cpath}: expected float32 centroids of shape ({M}, {ksub}, d/M), "
+                         f"got {c.dtype} {tuple(c.shape)}")
+    if not np.isfinite(c).all():
+        raise InputError(f"{cpath}: holds non-finite values")
+    return c
 
 
 def _int(side: dict[str, Any], key: str, where: Path, lo: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from recjpq_cli.data.codes import codes_dtype, save_codes, sidecar_path
+from recjpq_cli.data.codes import centroids_path, codes_dtype, save_codes, sidecar_path
 from recjpq_cli.data.io import check_output
 from recjpq_cli.data.schema import CODES_FORMAT_VERSION, load_dataset, read_dataset_meta
 from recjpq_cli.errors import ConfigError
@@ -35,6 +35,7 @@ class AssignConfig:
     ksub: int = 256
     seed: int = 0
     epochs: int = 20
+    dim: int = 512  # svd-kmeans: SVD components = the training d
     unique: bool = True
     overwrite: bool = False
 
@@ -65,6 +66,9 @@ def check_config(cfg: AssignConfig) -> None:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.strategy == "svd-kmeans" and (cfg.dim < 1 or cfg.dim % cfg.M):
+        raise ConfigError(f"svd-kmeans: --dim {cfg.dim} must be a positive multiple of the code length M={cfg.M} "
+                          f"(it is the d you train with)")
     if Path(cfg.out).suffix != ".npy":
         raise ConfigError(f"{cfg.out}: the codes file must end in .npy (its sidecar is the same path with .yaml)")
 
@@ -99,8 +103,10 @@ def run(cfg: AssignConfig, on_epoch: ProgressFn | None = None) -> AssignResult:
     out, side = Path(cfg.out), sidecar_path(cfg.out)
     check_output(out, cfg.overwrite, "codes file")
     check_output(side, cfg.overwrite, "codes sidecar")
+    if cfg.strategy == "svd-kmeans":
+        check_output(centroids_path(out), cfg.overwrite, "initial centroids file")
 
-    strategy = get_strategy(cfg.strategy, epochs=cfg.epochs, on_epoch=on_epoch)
+    strategy = get_strategy(cfg.strategy, epochs=cfg.epochs, dim=cfg.dim, on_epoch=on_epoch)
     if strategy.uses_interactions:
         data, meta = train_data(cfg.dataset)
     else:  # random codes need only the catalogue size
@@ -125,6 +131,8 @@ def run(cfg: AssignConfig, on_epoch: ProgressFn | None = None) -> AssignResult:
         "occupancy": occupancy(codes, cfg.ksub),
         **result.facts,
     }
+    if result.centroids is not None:
+        side_meta["centroids_file"] = centroids_path(out).name
     side_meta["seconds"] = round(time.perf_counter() - t0, 3)
-    save_codes(out, table, side_meta)
+    save_codes(out, table, side_meta, centroids=result.centroids)
     return AssignResult(out=out, sidecar=side, meta=side_meta)

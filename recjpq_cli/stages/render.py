@@ -53,13 +53,16 @@ def assign_table(r: Any) -> None:
     ]
     if "explained_variance" in m:
         rows.append(("explained variance", f"{m['explained_variance']:.2%}"))
+    if "d" in m:
+        rows.append(("SVD dimension d / k-means iterations", f"{m['d']} / {m['kmeans_iters']}"))
     if "final_loss" in m:
         rows.append((f"final BPR loss ({m['epochs']} epochs)", round(float(m["final_loss"]), 4)))
     rows += [
         ("collisions before / after", f"{m['collisions_before']:,} / {m['collisions_after']:,}"
          + ("" if m.get("unique", True) else " (--no-unique)")),
         ("items per centroid, min / max per split", "  ".join(f"{a}/{b}" for a, b in zip(occ["min"], occ["max"], strict=True))),
-        ("written", f"{r.out} (+ {r.sidecar.name}, {m['dtype']})"), ("seconds", round(float(m["seconds"]), 2)),
+        ("written", f"{r.out} (+ {r.sidecar.name}" + (f", {m['centroids_file']}" if "centroids_file" in m else "")
+         + f", {m['dtype']})"), ("seconds", round(float(m["seconds"]), 2)),
     ]
     kv_table("assign", rows)
 

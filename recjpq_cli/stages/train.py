@@ -158,6 +158,25 @@ def _load_codes(cfg: TrainConfig, codes_path: Path | None, meta: dict[str, Any])
     return t, side
 
 
+def _load_init_centroids(cfg: TrainConfig, codes_path: Path | None, side: dict | None) -> torch.Tensor | None:
+    """The svd-kmeans starting centroids, rescaled to the uniform init's std; None when there are none to use."""
+    if side is None or codes_path is None or not cfg.init_centroids:
+        return None
+    from recjpq_cli.data.codes import load_init_centroids
+
+    c = load_init_centroids(Path(codes_path), side)
+    if c is None:
+        return None
+    d = c.shape[0] * c.shape[2]
+    if d != cfg.d:
+        raise ConfigError(f"{codes_path}: its initial centroids were made for d={d} (assign --dim), this run has "
+                          f"d={cfg.d}; train with --set d={d}, assign again with --dim {cfg.d}, or pass "
+                          f"--set init_centroids=false")
+    t = torch.from_numpy(c)
+    std = float(t.std())
+    return t * (cfg.centroid_init / math.sqrt(3.0) / std) if std > 0 else t
+
+
 def _check_memory(cfg: TrainConfig, meta: dict[str, Any], codes: torch.Tensor | None, ksub: int | None,
                   device: torch.device) -> None:
     est = estimate(cfg, int(meta["n_items"]), int(meta["n_interactions"]),
@@ -272,6 +291,7 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     codes, side = _load_codes(cfg, codes_path, meta)
     codes_meta = side if side is not None else codes_meta
     ksub = int(codes_meta["ksub"]) if codes_meta else None
+    init_centroids = _load_init_centroids(cfg, codes_path, side) if ckpt is None else None
     _check_memory(cfg, meta, codes, ksub, device)
     ds = load_dataset(req.dataset)
 
@@ -279,6 +299,9 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     n_items = ds.n_items
     args = model_args_from_config(cfg, n_items, tuple(codes.shape) if codes is not None else None, ksub)
     model = build_model(args, codes).to(device)
+    if init_centroids is not None:
+        with torch.no_grad():
+            model.items.centroids.copy_(init_centroids)
     item_params = list(model.items.parameters())
     ids = {id(p) for p in item_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},

@@ -1,0 +1,185 @@
+"""`assign --strategy svd-kmeans` (RecJPQ-HC) and training that starts from its centroids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from recjpq_cli.cli import app
+from recjpq_cli.data.codes import centroids_path, load_codes
+from recjpq_cli.jpq.assignment import TrainData, count_matrix, interleave, spectral_item_vectors
+
+TRAIN = ["--model", "sasrec", "--set", "max_len=20", "--set", "val_users=50", "--max-steps", "1", "--device", "cpu",
+         "-q"]
+
+
+def _run(args: list[object]):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _ok(args: list[object]):
+    res = _run(args)
+    assert res.exit_code == 0, res.output + res.stderr
+    return res
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def km(tmp_path_factory, sample_csv) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("kmeans")
+    ds, codes = root / "ds", root / "codes.npy"
+    _ok(["prepare", sample_csv, "--out", ds, "-q"])
+    _ok(["assign", ds, "-s", "svd-kmeans", "--dim", 32, "-m", 4, "-b", 16, "-o", codes, "-q"])
+    return ds, codes
+
+
+# ---------------------------------------------------------------- item vectors
+
+
+def test_spectral_vectors_are_v_times_s_and_zero_for_cold_items():
+    # item 3 has one interaction (user 0); item 4 has none in training
+    user = np.array([0, 0, 1, 1, 2, 2, 3, 0])
+    item = np.array([1, 2, 1, 2, 1, 2, 1, 3])
+    a = count_matrix(TrainData(user=user, item=item, n_users=4, n_items=4))
+    x, s = spectral_item_vectors(a, 2, 0)
+    u, s_all, vt = np.linalg.svd(a.toarray())
+    assert np.allclose(s, s_all[:2]) and s[0] >= s[1]
+    assert np.allclose(np.abs(x), np.abs(vt[:2].T * s_all[:2]), atol=1e-5)  # up to each component's sign
+    assert not x[3].any() and 0 < np.linalg.norm(x[2]) < np.linalg.norm(x[0])  # rare item: a short vector
+    assert interleave(8, 4).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+# ---------------------------------------------------------------- assign
+
+
+def test_assign_writes_codes_sidecar_and_centroids(km):
+    ds, codes_path = km
+    meta = yaml.safe_load((ds / "dataset.yaml").read_text())
+    codes, side = load_codes(codes_path, meta)
+    assert side["strategy"] == "svd-kmeans" and side["d"] == 32 and (side["M"], side["ksub"]) == (4, 16)
+    assert side["centroids_file"] == "codes.centroids.npy" and side["collisions_after"] == 0
+    cents = np.load(centroids_path(codes_path), allow_pickle=False)
+    assert cents.dtype == np.float32 and cents.shape == (4, 16, 8) and np.isfinite(cents).all()
+    # every item that --unique did not move sits on its nearest centroid in every split
+    train = load_dataset_train(ds)
+    x, _ = spectral_item_vectors(count_matrix(train), 32, 0)
+    x = x[:, interleave(32, 4)]
+    on_nearest = np.ones(train.n_items, dtype=bool)
+    for k in range(4):
+        near = torch.cdist(torch.from_numpy(np.ascontiguousarray(x[:, 8 * k:8 * k + 8])), torch.from_numpy(cents[k]))
+        on_nearest &= near.argmin(1).numpy() == codes[1:, k]
+    assert on_nearest.sum() >= train.n_items - side["collisions_before"]
+
+
+def load_dataset_train(ds: Path) -> TrainData:
+    from recjpq_cli.stages.assign import train_data
+
+    return train_data(ds)[0]
+
+
+def test_assign_same_seed_identical_other_seed_differs(km, tmp_path):
+    ds, codes_path = km
+    again, other = tmp_path / "again.npy", tmp_path / "other.npy"
+    _ok(["assign", ds, "-s", "svd-kmeans", "--dim", 32, "-m", 4, "-b", 16, "-o", again, "-q"])
+    _ok(["assign", ds, "-s", "svd-kmeans", "--dim", 32, "-m", 4, "-b", 16, "-o", other, "--seed", 1, "-q"])
+    assert again.read_bytes() == codes_path.read_bytes()
+    assert centroids_path(again).read_bytes() == centroids_path(codes_path).read_bytes()
+    assert centroids_path(other).read_bytes() != centroids_path(again).read_bytes()
+
+
+def test_assign_bad_dim_is_one_error_line_and_writes_nothing(km, tmp_path):
+    ds, _ = km
+    out = tmp_path / "c.npy"
+    line = _one_error_line(_run(["assign", ds, "-s", "svd-kmeans", "--dim", 30, "-m", 4, "-b", 16, "-o", out]))
+    assert "--dim 30" in line and "M=4" in line
+    line = _one_error_line(_run(["assign", ds, "-s", "svd-kmeans", "--dim", 4000, "-m", 4, "-b", 16, "-o", out]))
+    assert "--dim 4000" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- train starts from the centroids
+
+
+def _centroids_of(run: Path) -> torch.Tensor:
+    return torch.load(run / "best.pt", weights_only=True)["state_dict"]["items.centroids"]
+
+
+def test_train_starts_from_the_kmeans_centroids_rescaled(km, tmp_path):
+    ds, codes_path = km
+    run = tmp_path / "run"
+    # learning rates so small that one step cannot move a centroid measurably
+    _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--set", "lr=1e-12", "--out", run, *TRAIN])
+    got = _centroids_of(run)
+    want = torch.from_numpy(np.load(centroids_path(codes_path)))
+    want = want * (0.05 / math.sqrt(3.0) / want.std())
+    assert torch.allclose(got, want, atol=1e-7)
+    # and with init_centroids=false the uniform +-0.05 init is used instead
+    off = tmp_path / "off"
+    _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--set", "lr=1e-12", "--set", "init_centroids=false",
+         "--out", off, *TRAIN])
+    c = _centroids_of(off)
+    assert not torch.allclose(c, want, atol=1e-3) and float(c.abs().max()) <= 0.05 + 1e-6
+
+
+def test_train_refuses_centroids_of_another_d(km, tmp_path):
+    ds, codes_path = km
+    run = tmp_path / "run"
+    line = _one_error_line(_run(["train", ds, "--codes", codes_path, "--set", "d=64", "--out", run, *TRAIN]))
+    assert "d=32" in line and "d=64" in line and str(codes_path) in line
+    assert not run.exists()
+
+
+def test_train_names_a_missing_or_broken_centroids_file(km, tmp_path):
+    ds, codes_path = km
+    local = tmp_path / "codes.npy"
+    for suffix in (".npy", ".yaml"):
+        local.with_suffix(suffix).write_bytes(codes_path.with_suffix(suffix).read_bytes())
+    line = _one_error_line(_run(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r1", *TRAIN]))
+    assert "codes.centroids.npy" in line and "not found" in line
+    np.save(centroids_path(local), np.zeros((4, 16, 8), dtype=np.float64))
+    line = _one_error_line(_run(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r2", *TRAIN]))
+    assert "codes.centroids.npy" in line and "float32" in line
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+# ---------------------------------------------------------------- the k-means underneath (jpq/pq.py)
+
+
+def test_kmeans_pp_seeds_one_centroid_per_separated_blob():
+    from recjpq_cli.jpq.pq import _kmeans_pp
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])
+    x = (centres.repeat_interleave(50, 0) + torch.rand(200, 2, generator=g)).expand(3, -1, -1).contiguous()
+    seeds = _kmeans_pp(x, 4, g)  # (3, 4, 2): in every split, one seed near each blob
+    for m in range(3):
+        assert sorted(torch.cdist(seeds[m], centres).argmin(1).tolist()) == [0, 1, 2, 3]
+
+
+def test_kmeans_pq_above_the_kmeans_pp_limit_seeds_from_distinct_rows(monkeypatch):
+    import recjpq_cli.jpq.pq as pq
+
+    monkeypatch.setattr(pq, "KMEANS_PP_MAX_KSUB", 8)  # ksub 16 takes the random-rows path
+    monkeypatch.setattr(pq, "_kmeans_pp", None)  # and must not call k-means++
+    g = torch.Generator().manual_seed(0)
+    rows = pq._random_rows(torch.arange(2 * 40 * 3, dtype=torch.float32).reshape(2, 40, 3), 16, g)
+    assert rows.shape == (2, 16, 3) and all(len(set(rows[m, :, 0].tolist())) == 16 for m in range(2))
+    x = torch.randn(300, 8, generator=g)
+    codes, cents = pq.kmeans_pq(x, M=2, ksub=16, iters=5, seed=0)
+    assert codes.shape == (300, 2) and cents.shape == (2, 16, 4) and int(codes.max()) < 16
+    # codes are the nearest of the returned centroids
+    for m in range(2):
+        assert torch.equal(codes[:, m], torch.cdist(x[:, 4 * m:4 * m + 4], cents[m]).argmin(1))
