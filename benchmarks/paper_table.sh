@@ -8,8 +8,9 @@
 # present); evaluate each model's rows against its dense row, and all rows in one table, with --json;
 # compress each JPQ run. Environment:
 #   DATASETS  datasets to run (default "ml-1m beauty")
-#   ROWS      rows to run (default all: sasrec-dense sasrec-random sasrec-svd sasrec-bpr gsasrec-dense
-#             gsasrec-svd bert4rec-dense bert4rec-svd)
+#   ROWS      rows to run (default all: sasrec-dense sasrec-random sasrec-svd sasrec-bpr sasrec-svd-kmeans
+#             gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd). MODEL-svd-kmeans rows are RecJPQ-HC: codes
+#             and starting centroids from `assign --strategy svd-kmeans --dim D` (assigned only when listed)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
 #   GSASREC_NEGATIVES_PER  `sequence` (default) or `position`: how gSASRec's 256 negatives are drawn. Shared by
@@ -30,7 +31,8 @@ if [ $# -ne 4 ]; then
 fi
 DATA_ROOT=$1 OUT=$2 BUDGET=$3 D=$4
 DATASETS=${DATASETS:-"ml-1m beauty"}
-ROWS=${ROWS:-"sasrec-dense sasrec-random sasrec-svd sasrec-bpr gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd"}
+ROWS=${ROWS:-"sasrec-dense sasrec-random sasrec-svd sasrec-bpr sasrec-svd-kmeans gsasrec-dense gsasrec-svd bert4rec-dense
+  bert4rec-svd"}
 DROPOUT=${DROPOUT:-0.2}
 EXTRA=${EXTRA:-}
 DENSE_EXTRA=${DENSE_EXTRA:-}
@@ -48,12 +50,15 @@ for name in $DATASETS; do
     n_items=$(awk '/^n_items:/ {print $2}' "$ds/dataset.yaml")
     ksub=$(( 131072 / D )); (( ksub >= 256 )) || ksub=256; (( ksub <= n_items / 2 )) || ksub=$(( n_items / 2 ))
   fi
-  for s in random svd bpr; do
+  strategies="random svd bpr"
+  case " $ROWS " in *-svd-kmeans\ *) strategies+=" svd-kmeans";; esac
+  for s in $strategies; do
+    dim=(); [ "$s" = svd-kmeans ] && dim=(--dim "$D")
     [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --code-length "$M" --centroids "$ksub" \
-      --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
+      "${dim[@]}" --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
   done
   for row in $ROWS; do
-    model=${row%-*} kind=${row#*-}
+    model=${row%%-*} kind=${row#*-}
     run="$dir/runs/$row"
     [ -f "$run/best.pt" ] && continue
     # shellcheck disable=SC2206

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ["sasrec-dense", "sasrec-random", "sasrec-svd", "sasrec-bpr", "gsasrec-dense", "gsasrec-svd",
-        "bert4rec-dense", "bert4rec-svd"]
+ROWS = ["sasrec-dense", "sasrec-random", "sasrec-svd", "sasrec-bpr", "sasrec-svd-kmeans", "gsasrec-dense",
+        "gsasrec-svd", "bert4rec-dense", "bert4rec-svd"]
 
 
 @pytest.mark.skipif(shutil.which("recjpq") is None, reason="the recjpq command is not installed")
@@ -31,9 +31,13 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     assert res.returncode == 0, res.stderr[-3000:]
     d = out / "ml-1m"
     n_items = yaml.safe_load((d / "data" / "dataset.yaml").read_text())["n_items"]
-    for s in ("random", "svd", "bpr"):  # ksub = 131072 / D (the paper's 256 x 512), at most half the items
+    for s in ("random", "svd", "bpr", "svd-kmeans"):  # ksub = 131072 / D (the paper's 256 x 512), <= half the items
         side = yaml.safe_load((d / f"codes-{s}.yaml").read_text())
         assert side["ksub"] == min(131072 // 16, n_items // 2) and side["M"] == 4  # M from the environment
+    side = yaml.safe_load((d / "codes-svd-kmeans.yaml").read_text())  # RecJPQ-HC: --dim is D, centroids beside
+    assert side["d"] == 16 and (d / side["centroids_file"]).is_file()
+    assert yaml.safe_load((d / "runs" / "sasrec-svd-kmeans" / "config.yaml").read_text())["codes"].endswith(
+        "codes-svd-kmeans.npy")
     table = json.loads((d / "eval-all.json").read_text())
     names = [r["name"] for r in table["runs"]]
     assert names == ROWS + ["popularity"]
