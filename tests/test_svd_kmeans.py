@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from recjpq_cli.cli import app
+from conftest import error_line, invoke
 from recjpq_cli.data.codes import centroids_path, load_codes
 from recjpq_cli.jpq.assignment import TrainData, count_matrix, interleave, spectral_item_vectors
 
@@ -19,29 +18,20 @@ TRAIN = ["--model", "sasrec", "--set", "max_len=20", "--set", "val_users=50", "-
          "-q"]
 
 
-def _run(args: list[object]):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def _ok(args: list[object]):
-    res = _run(args)
+    res = invoke(args)
     assert res.exit_code == 0, res.output + res.stderr
     return res
 
 
 def _one_error_line(res) -> str:
     assert res.exit_code != 0
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
-    assert "Traceback" not in res.output + res.stderr
-    return lines[0]
+    return error_line(res)
 
 
 @pytest.fixture(scope="module")
-def km(tmp_path_factory, sample_csv) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("kmeans")
-    ds, codes = root / "ds", root / "codes.npy"
-    _ok(["prepare", sample_csv, "--out", ds, "-q"])
+def km(tmp_path_factory, sample_ds) -> tuple[Path, Path]:
+    ds, codes = sample_ds, tmp_path_factory.mktemp("kmeans") / "codes.npy"
     _ok(["assign", ds, "-s", "svd-kmeans", "--dim", 32, "-m", 4, "-b", 16, "-o", codes, "-q"])
     return ds, codes
 
@@ -103,9 +93,9 @@ def test_assign_same_seed_identical_other_seed_differs(km, tmp_path):
 def test_assign_bad_dim_is_one_error_line_and_writes_nothing(km, tmp_path):
     ds, _ = km
     out = tmp_path / "c.npy"
-    line = _one_error_line(_run(["assign", ds, "-s", "svd-kmeans", "--dim", 30, "-m", 4, "-b", 16, "-o", out]))
+    line = _one_error_line(invoke(["assign", ds, "-s", "svd-kmeans", "--dim", 30, "-m", 4, "-b", 16, "-o", out]))
     assert "--dim 30" in line and "M=4" in line
-    line = _one_error_line(_run(["assign", ds, "-s", "svd-kmeans", "--dim", 4000, "-m", 4, "-b", 16, "-o", out]))
+    line = _one_error_line(invoke(["assign", ds, "-s", "svd-kmeans", "--dim", 4000, "-m", 4, "-b", 16, "-o", out]))
     assert "--dim 4000" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -137,7 +127,7 @@ def test_train_starts_from_the_kmeans_centroids_rescaled(km, tmp_path):
 def test_train_refuses_centroids_of_another_d(km, tmp_path):
     ds, codes_path = km
     run = tmp_path / "run"
-    line = _one_error_line(_run(["train", ds, "--codes", codes_path, "--set", "d=64", "--out", run, *TRAIN]))
+    line = _one_error_line(invoke(["train", ds, "--codes", codes_path, "--set", "d=64", "--out", run, *TRAIN]))
     assert "d=32" in line and "d=64" in line and str(codes_path) in line
     assert not run.exists()
 
@@ -147,10 +137,10 @@ def test_train_names_a_missing_or_broken_centroids_file(km, tmp_path):
     local = tmp_path / "codes.npy"
     for suffix in (".npy", ".yaml"):
         local.with_suffix(suffix).write_bytes(codes_path.with_suffix(suffix).read_bytes())
-    line = _one_error_line(_run(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r1", *TRAIN]))
+    line = _one_error_line(invoke(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r1", *TRAIN]))
     assert "codes.centroids.npy" in line and "not found" in line
     np.save(centroids_path(local), np.zeros((4, 16, 8), dtype=np.float64))
-    line = _one_error_line(_run(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r2", *TRAIN]))
+    line = _one_error_line(invoke(["train", ds, "--codes", local, "--set", "d=32", "--out", tmp_path / "r2", *TRAIN]))
     assert "codes.centroids.npy" in line and "float32" in line
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
