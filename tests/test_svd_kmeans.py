@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import error_line, invoke
+
 from recjpq_cli.data.codes import centroids_path, load_codes
 from recjpq_cli.jpq.assignment import TrainData, count_matrix, interleave, spectral_item_vectors
 
