@@ -355,7 +355,7 @@ def spectral_item_vectors(a: Any, dim: int, seed: int) -> tuple[np.ndarray, np.n
     Row i of ``V * s`` is ``A^T U`` for item i, the sum of its users' left singular vectors: frequent items
     get long vectors, rare ones short vectors near the origin, items without training interactions zero.
     (Scaling the rows to unit length, so that rare items keep their users' direction at full length, learned
-    worse on Amazon Beauty: validation NDCG@10 0.0165 against 0.0186 after 420 s; docs/results.md.)
+    worse on Amazon Beauty: best validation NDCG@10 in 420 s 0.0168 against 0.0189; docs/results.md.)
     """
     v, s = svd_factors(a, dim, seed, option="--dim")
     return (v * s).astype(np.float32), s
