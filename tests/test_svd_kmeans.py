@@ -164,6 +164,7 @@ def test_kmeans_pq_above_the_kmeans_pp_limit_seeds_from_distinct_rows(monkeypatc
 
     monkeypatch.setattr(pq, "KMEANS_PP_MAX_KSUB", 8)  # ksub 16 takes the random-rows path
     monkeypatch.setattr(pq, "_kmeans_pp", None)  # and must not call k-means++
+    monkeypatch.setattr(pq, "KMEANS_BLOCK_FLOATS", 2 * 16 * 7)  # distance blocks of 7 rows: many, one partial
     g = torch.Generator().manual_seed(0)
     rows = pq._random_rows(torch.arange(2 * 40 * 3, dtype=torch.float32).reshape(2, 40, 3), 16, g)
     assert rows.shape == (2, 16, 3) and all(len(set(rows[m, :, 0].tolist())) == 16 for m in range(2))
