@@ -6,7 +6,10 @@ best_metric, dataset_fingerprint, codes_meta, world_size (see docs/formats.md).
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,24 @@ REQUIRED_KEYS = ("format_version", "model", "embedding", "model_args", "config",
                  "dataset_fingerprint")
 
 
+# Tests only: seconds to wait between writing a checkpoint's temporary file and renaming it into place, so a
+# test can kill the process in that window (the moment a crash is most likely to break a run folder).
+SLOW_SAVE_ENV = "RECJPQ_TEST_SLOW_CHECKPOINT"
+
+
 def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
-    with atomic_file(Path(path)) as tmp:
-        torch.save(ckpt, tmp)
+    """Write atomically; a write that fails (full disk, read-only folder) is an InputError naming the file."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as tmp:
+            torch.save(ckpt, tmp)
+            delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
+            if delay > 0:
+                time.sleep(delay)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        first = (str(getattr(e, "strerror", None) or e).splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{path}: cannot write the checkpoint ({first}); free space or fix permissions, "
+                         "then --resume") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -33,8 +51,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
+        with warnings.catch_warnings():  # torch warns about legacy (pickle) files; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: not a recjpq checkpoint: it holds Python objects beyond tensors and plain "
+                         "values, which are never loaded (nothing is unpickled)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
             KeyError, AttributeError, TypeError, IndexError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise InputError(f"{path}: corrupt or truncated checkpoint ({first})") from None

@@ -49,6 +49,7 @@ class TrainConfig:
     item_lr: float | None = None  # Adam lr of the item embedding (JPQ centroids / dense tables); None: lr
     grad_clip: float = 0.0  # 0: off
     steps_per_epoch: int = 0  # 0: one pass over the training users
+    log_every: int = 10  # steps between progress updates: the loop's one device-to-host synchronisation
     # Added to every logit inside BCE/gBCE (never to ranking scores). None: -log(negatives), so the
     # negatives' summed gradient starts comparable to the positive's (prior-probability initialisation).
     logit_shift: float | None = None
@@ -175,6 +176,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.item_lr is None or cfg.item_lr > 0, "item_lr must be > 0 (or null: lr)"),
         (cfg.grad_clip >= 0, "grad_clip must be >= 0"),
         (cfg.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
+        (cfg.log_every >= 1, "log_every must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -61,7 +61,7 @@ def test_two_gloo_processes_match_one_process_with_doubled_batch(ds_codes, tmp_p
     assert abs(a["last_loss"] - b["last_loss"]) < 1e-4, (a["last_loss"], b["last_loss"])
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(v.float(), b["state_dict"][k].float(), rtol=1e-3, atol=1e-4)
-    assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in ddp.iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
     # --resume under DDP, with the semantics printed at start
     cmd_resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                   "-m", "recjpq_cli", "train", str(ds), "--out", str(ddp), "--resume", "--max-steps", "5"]

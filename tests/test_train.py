@@ -297,15 +297,18 @@ def test_metrics_lines_are_strict_json_even_without_steps(ds_codes, tmp_path) ->
     ds, codes = ds_codes
     out = tmp_path / "r"
     runner = CliRunner()
-    assert _run(runner, ["train", ds, "--codes", codes, "--out", out, "--max-steps", 1, *SMALL, "-q"]).exit_code == 0
-    res = _run(runner, ["train", ds, "--out", out, "--resume", "--max-steps", 1, "-q"])  # nothing left to do
-    assert res.exit_code == 0, res.stderr
+    res = _run(runner, ["train", ds, "--codes", codes, "--out", out, "--time-limit", 0, *SMALL, "-q"])
+    assert res.exit_code == 0, res.stderr  # stopped before its first step: validated with no training loss
 
     def no_nan(x: str) -> None:
         raise AssertionError(f"non-JSON constant {x}")
 
     lines = [json.loads(x, parse_constant=no_nan) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["train_loss"] is None and lines[0]["train_loss"] is not None
+    assert len(lines) == 1 and lines[0]["step"] == 0 and lines[0]["train_loss"] is None
+    res = _run(runner, ["train", ds, "--out", out, "--resume", "--time-limit", 60, "--max-steps", 1, "-q"])
+    assert res.exit_code == 0, res.stderr
+    lines = [json.loads(x, parse_constant=no_nan) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1] and lines[1]["train_loss"] is not None
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])

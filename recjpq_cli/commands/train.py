@@ -45,10 +45,11 @@ class _Progress:
             self.p.remove_task(self.task)
         self.task = self.p.add_task(f"epoch {epoch + 1}", total=self.spe, completed=done, info="")
 
-    def advance(self, step: int, loss: float, n: int) -> None:
+    def advance(self, step: int, loss: float, n: int, steps: int = 1) -> None:
+        """``steps`` more steps done (``n`` sequences), ``loss`` their mean."""
         self.seqs += n
         rate = self.seqs / max(1e-9, time.perf_counter() - self.t0)
-        self.p.update(self.task, advance=1, info=f"step {step} loss {loss:.4f} {rate:.0f} seq/s")
+        self.p.update(self.task, advance=steps, info=f"step {step} loss {loss:.4f} {rate:.0f} seq/s")
 
     def end_epoch(self, epoch: int, metrics: dict[str, float], best: float) -> None:
         self.c.print(f"epoch {epoch}: validation NDCG@10 {metrics['NDCG@10']:.4f} "
@@ -89,6 +90,12 @@ def train(
             patience=patience, resume=resume, overwrite=overwrite, quiet=quiet,
         )
         result = stage.run(req, progress_cb=None if quiet else _Progress)
+        if result.stop_reason == "nothing_to_do":  # a resume whose budget is spent: say so, write nothing
+            if not quiet:
+                from recjpq_cli.console import console
+
+                console().print(result.message, highlight=False, soft_wrap=True)
+            return
         if not quiet:
             train_table(result)
         emit(result.facts(), json)

@@ -1,15 +1,14 @@
 """``train``: fit a sequential recommender with RecJPQ or dense item embeddings.
 
 The loop validates (NDCG@10 / Recall@10 over the whole catalogue on a fixed sample of users) after each
-epoch and at every stop, writes ``last.pt`` then, and ``best.pt`` on improvement. Resume is exact: the data
-order comes from (seed, epoch), negatives from a counter-based hash, and the torch RNG state is saved.
+epoch and at every stop, writes ``last.pt`` then, and ``best.pt`` on improvement (the run folder's rules:
+``recjpq_cli/runfolder.py``). Resume is exact: the data order comes from (seed, epoch), negatives from a
+counter-based hash, the torch RNG state is saved, and signals stop the loop only between two steps.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -22,23 +21,21 @@ import numpy as np
 import torch
 
 from recjpq_cli import distributed as dist
+from recjpq_cli import runfolder
 from recjpq_cli.checkpoint import load_checkpoint, save_checkpoint
 from recjpq_cli.config import TrainConfig, build_config, from_dict
 from recjpq_cli.data import sequences
-from recjpq_cli.data.io import dump_yaml, read_yaml
+from recjpq_cli.data.io import atomic_file, dump_yaml, read_yaml
 from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION, Dataset, load_dataset, read_dataset_meta
-from recjpq_cli.errors import ConfigError, InputError, OutputExistsError, ResourceError
+from recjpq_cli.errors import ConfigError, InputError, OutputExistsError, RecJPQError, ResourceError
 from recjpq_cli.memory import GIB, available_bytes, estimate
 from recjpq_cli.metrics import ndcg_at_k, recall_at_k
 from recjpq_cli.models import losses
 from recjpq_cli.models.registry import build_model, count_parameters, model_args_from_config
 from recjpq_cli.negatives import uniform_negatives
 from recjpq_cli.ranking import target_ranks
+from recjpq_cli.runfolder import BEST, CONFIG, LAST, METRICS, RunLock, write_metrics
 
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
-LAST = "last.pt"
-BEST = "best.pt"
 TARGET_METRIC = "NDCG@10"
 VAL_BATCH = 256
 
@@ -78,6 +75,15 @@ class TrainResult:
     world_size: int = 1
     last_loss: float = float("nan")
     step_s: float = float("nan")  # mean seconds per optimiser step in this invocation, validation excluded
+    message: str = ""  # said instead of the summary when there was nothing to do
+
+    @classmethod
+    def nothing_to_do(cls, req: TrainRequest, cfg: TrainConfig, ckpt: dict[str, Any], message: str) -> TrainResult:
+        """A resumed run whose budget is already spent: nothing is trained or written."""
+        return cls(run_dir=req.out, model=cfg.model, embedding=cfg.embedding, device=req.device,
+                   epochs=int(ckpt["epoch"]), steps=int(ckpt["step"]), elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
+                   stop_reason="nothing_to_do", best_metric=float(ckpt["best_metric"]),
+                   last_metrics=dict(ckpt.get("metrics") or {}), parameters={}, message=message)
 
     def facts(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "model": self.model, "embedding": self.embedding,
@@ -126,6 +132,7 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
         ckpt = load_checkpoint(run / LAST)
         if ckpt["dataset_fingerprint"] != meta["fingerprint"]:
             raise InputError(f"{run / LAST}: the run was trained on another dataset than {req.dataset}")
+        _check_config_matches(run, cfg, ckpt)
         codes_path = Path(codes_saved) if codes_saved else None
         return cfg, codes_path, ckpt.get("codes_meta"), ckpt
     if run.exists() and not req.overwrite:
@@ -142,6 +149,19 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
     flags = {"embedding": embedding, "patience": req.patience}
     cfg = build_config(req.model or "sasrec", config_file=req.config_file, overrides=req.overrides, flags=flags)
     return cfg, req.codes, None, None
+
+
+def _check_config_matches(run: Path, cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+    """``config.yaml`` must still say what ``last.pt`` was trained with (an edited file is refused)."""
+    saved = {k: v for k, v in dict(ckpt["config"]).items() if k != "codes"}
+    try:
+        trained = from_dict(saved, f"{run / LAST} config")
+    except ConfigError as e:
+        raise InputError(f"{run / LAST}: its config does not load ({e})") from None
+    for k, v in trained.to_dict().items():
+        if k not in ("patience", "log_every") and getattr(cfg, k) != v:
+            raise InputError(f"{run / CONFIG}: {k}={getattr(cfg, k)!r}, but {LAST} was trained with {k}={v!r}; "
+                             f"restore {CONFIG} (or start a new run)")
 
 
 def _load_codes(cfg: TrainConfig, codes_path: Path | None, meta: dict[str, Any]) -> tuple[torch.Tensor | None, dict | None]:
@@ -281,12 +301,199 @@ class LossModule(torch.nn.Module):
         return losses.gbce(pos, neg, valid, n_items=items.n_items, t=cfg.gbce_t, denom=denom)
 
 
+# ------------------------------------------------------------------------------------- stops and health
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's time limit, ``kill``, ``timeout``) ask the loop to stop at
+    the next step boundary, so that the saved weights, optimiser and RNG state are those the next step would
+    start from and ``--resume`` continues exactly. A second signal stops at once, saving nothing more.
+
+    Only in a single process, from the main thread (torchrun's agent manages its workers' signals itself).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+class DivergedError(RecJPQError):
+    """The loss or the weights stopped being finite."""
+
+
+class StepStats:
+    """Per-step losses and the non-finite flag, kept on the device and read once per progress update.
+
+    ``log_every`` steps cost one device-to-host synchronisation (and, under torchrun, one all-reduce) in all.
+    """
+
+    def __init__(self, device: torch.device, world: int):
+        self.device, self.world = device, world
+        self.window = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, steps, last loss, bad steps
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.epoch_sum, self.epoch_n = 0.0, 0
+        self.last_loss = float("nan")
+        self.pending = 0  # steps since the last read
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        lv = loss.detach().double().reshape(())
+        bad = ~torch.isfinite(lv)
+        self.window[0] += torch.where(bad, torch.zeros_like(lv), lv)
+        self.window[1] += 1.0
+        self.window[2] = lv
+        self.window[3] += bad.double()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad)
+        self.pending += 1
+
+    def read(self) -> tuple[float, int, int | None]:
+        """(mean loss of the window, its steps, the first non-finite step or None); clears the window."""
+        w = dist.all_reduce_sum(self.window.clone(), self.device).cpu()  # the one synchronisation
+        first = int(self.first_bad.item())
+        sum_, n, last, bad = float(w[0]), int(round(float(w[1]) / self.world)), float(w[2]), float(w[3])
+        self.window.zero_()
+        self.pending = 0
+        if bad > 0:
+            return float("nan"), n, first if first >= 0 else -1
+        self.last_loss = last / self.world
+        self.epoch_sum += sum_ / self.world
+        self.epoch_n += n
+        return sum_ / self.world / max(1, n), n, None
+
+    def take_epoch_loss(self) -> float:
+        mean = self.epoch_sum / self.epoch_n if self.epoch_n else float("nan")
+        self.epoch_sum, self.epoch_n = 0.0, 0
+        return mean
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _diverged(cfg: TrainConfig, at: str, kept: int | None, run: Path) -> DivergedError:
+    keep = (f"{run / LAST} keeps step {kept}, the last finite checkpoint" if kept is not None
+            else "no checkpoint was kept")
+    return DivergedError(f"training diverged: {at} (lr={cfg.lr:g}, item_lr={cfg.item_lr}, grad_clip={cfg.grad_clip:g}); "
+                         f"lower lr or item_lr, or set grad_clip (e.g. --set grad_clip=1.0); {keep}")
+
+
+# ------------------------------------------------------------------------------------------- saving
+class Saver:
+    """Writes a validation's results in the order that keeps the run folder consistent after a kill:
+    ``last.pt``, then ``best.pt`` (both atomic), then ``metrics.jsonl`` (rewritten atomically)."""
+
+    def __init__(self, run: Path, rows: list[dict[str, Any]], is_main: bool):
+        self.run, self.rows, self.is_main = run, rows, is_main
+        self.saved_step: int | None = None
+
+    def save(self, ckpt: dict[str, Any], row: dict[str, Any], improved: bool) -> None:
+        if not self.is_main:
+            return
+        last, best = self.run / LAST, self.run / BEST
+        save_checkpoint(last, ckpt | {"metrics_row": row})
+        if improved or not best.exists():
+            with atomic_file(best) as tmp:
+                _write_or_fail(best, lambda: shutil.copyfile(last, tmp))
+        self.rows = [r for r in self.rows if r.get("step") != row["step"]] + [row]
+        _write_or_fail(self.run / METRICS, lambda: write_metrics(self.run, self.rows))
+        self.saved_step = int(row["step"])
+
+
+def _write_or_fail(path: Path, write: Any) -> None:
+    try:
+        write()
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e.strerror or e}); free space or fix permissions, then "
+                         "--resume") from None
+
+
 # ----------------------------------------------------------------------------------------------- the loop
+@dataclass
+class _State:
+    epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    bad_epochs: int = 0
+    elapsed_before: float = 0.0
+
+
+def _restore(ckpt: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
+             run: Path) -> _State:
+    """Weights, optimiser and RNG from ``last.pt``; a tensor that does not fit the run's config is one error."""
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{run / LAST}: its tensors do not match the run's {CONFIG} ({first}); "
+                         f"restore {CONFIG} or start a new run") from None
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+    return _State(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]), best=float(ckpt["best_metric"]),
+                  bad_epochs=int(ckpt.get("bad_epochs", 0)), elapsed_before=float(ckpt.get("elapsed_s", 0.0)))
+
+
+def _budget_spent(req: TrainRequest, ckpt: dict[str, Any] | None) -> str | None:
+    """Why a resumed run has nothing left to do, or None."""
+    if ckpt is None:
+        return None
+    step, epoch, elapsed = int(ckpt["step"]), int(ckpt["epoch"]), float(ckpt.get("elapsed_s", 0.0))
+    if req.max_steps is not None and step >= req.max_steps:
+        return f"it has run {step} of --max-steps {req.max_steps} steps"
+    if req.max_epochs is not None and epoch >= req.max_epochs:
+        return f"it has run {epoch} of --max-epochs {req.max_epochs} epochs"
+    if req.time_limit is not None and elapsed >= req.time_limit:
+        return f"it has trained {elapsed:.0f} s of --time-limit {req.time_limit:g}"
+    return None
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    item_params = list(model.items.parameters())
+    ids = {id(p) for p in item_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
+              {"params": item_params, "lr": cfg.item_lr if cfg.item_lr is not None else cfg.lr}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
+    """Train as ``req`` says. Holds the run folder's lock from the first check to the end."""
+    locks: list[RunLock] = []
+    try:
+        return _run(req, progress_cb, locks)
+    finally:
+        for held in locks:
+            held.release()
+
+
+def _run(req: TrainRequest, progress_cb: Any, locks: list[RunLock]) -> TrainResult:
     t_start = time.perf_counter()
     ctx = dist.init(req.device)  # single process unless launched by torchrun
     meta = read_dataset_meta(req.dataset)
     cfg, codes_path, codes_meta, ckpt = _resolve(req, meta)
+    spent = _budget_spent(req, ckpt)
+    if spent is not None:
+        return TrainResult.nothing_to_do(req, cfg, ckpt, f"{req.out}: nothing to do, {spent}")
+    if ctx.is_main and req.resume:
+        locks.append(runfolder.lock(req.out))
+        runfolder.remove_temporaries(req.out)
+    elif ctx.is_main and req.out.exists():
+        runfolder.refuse_if_busy(req.out)
     device = ctx.device if ctx.world_size > 1 else resolve_device(req.device)
     codes, side = _load_codes(cfg, codes_path, meta)
     codes_meta = side if side is not None else codes_meta
@@ -296,42 +503,29 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     ds = load_dataset(req.dataset)
 
     torch.manual_seed(cfg.seed)
-    n_items = ds.n_items
-    args = model_args_from_config(cfg, n_items, tuple(codes.shape) if codes is not None else None, ksub)
+    args = model_args_from_config(cfg, ds.n_items, tuple(codes.shape) if codes is not None else None, ksub)
     model = build_model(args, codes).to(device)
     if init_centroids is not None:
         with torch.no_grad():
             model.items.centroids.copy_(init_centroids)
-    item_params = list(model.items.parameters())
-    ids = {id(p) for p in item_params}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
-              {"params": item_params, "lr": cfg.item_lr if cfg.item_lr is not None else cfg.lr}]
-    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     n_train = sequences.train_lengths(ds)
     trainable = sequences.trainable_users(ds) if cfg.model != "bert4rec" else np.flatnonzero(n_train >= 1)
     if len(trainable) == 0:
         raise InputError(f"{req.dataset}: no user has enough training interactions to train on")
-    world, rank = ctx.world_size, ctx.rank
+    world = ctx.world_size
     per_step = cfg.batch_size * world
     steps_per_epoch = cfg.steps_per_epoch or (len(trainable) // per_step if world > 1 else math.ceil(len(trainable) / per_step))
     steps_per_epoch = max(1, steps_per_epoch)
-
-    epoch, step, best, elapsed_before, bad_epochs = 0, 0, -1.0, 0.0, 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        epoch, step, best = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_metric"])
-        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-        bad_epochs = int(ckpt.get("bad_epochs", 0))
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
+    st = _restore(ckpt, model, opt, device, req.out) if ckpt is not None else _State()
 
     step_module = dist.wrap(LossModule(model, cfg, device), ctx)
-    validator = Validator(ds, cfg, device, rank, world)
-    run_dir = req.out
-    if ctx.is_main:
-        _prepare_run_dir(req, cfg, codes_path)
+    validator = Validator(ds, cfg, device, ctx.rank, world)
+    created_here = False
+    if ctx.is_main and not req.resume:
+        conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None}
+        locks.append(runfolder.create(req.out, req.overwrite, dump_yaml(conf)))
+        created_here = True
         if world > 1 and not req.quiet:
             from recjpq_cli.console import console
 
@@ -339,153 +533,176 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                             f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
                             f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False)
     dist.barrier(ctx)
-
-    def checkpoint(path: Path, metrics_now: dict[str, float]) -> None:
-        if not ctx.is_main:
-            return
-        rng: dict[str, torch.Tensor] = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(path, {
-            "format_version": CHECKPOINT_FORMAT_VERSION, "model": cfg.model, "embedding": cfg.embedding,
-            "model_args": args, "config": cfg.to_dict() | {"codes": str(codes_path) if codes_path else None},
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(), "rng": rng, "epoch": epoch, "step": step, "best_metric": best,
-            "bad_epochs": bad_epochs, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-            "dataset_fingerprint": ds.fingerprint, "codes_meta": codes_meta, "world_size": world,
-            "metrics": metrics_now, "last_loss": last_loss,
-        })
-
-    def validate_and_save(train_loss: float, epoch_end: bool) -> dict[str, float]:
-        nonlocal best, bad_epochs
-        m = validator(model)
-        elapsed = elapsed_before + (time.perf_counter() - t_start)
-        improved = m[TARGET_METRIC] > best
-        if improved:
-            best = m[TARGET_METRIC]
-            bad_epochs = 0
-        elif epoch_end:
-            bad_epochs += 1
-        if ctx.is_main:
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps({"epoch": epoch, "step": step, "elapsed_s": round(elapsed, 3),
-                                    "train_loss": train_loss if math.isfinite(train_loss) else None,
-                                    **m}) + "\n")
-            checkpoint(run_dir / LAST, m)
-            if improved or not (run_dir / BEST).exists():
-                shutil.copyfile(run_dir / LAST, run_dir / BEST)
-        return m
-
-    max_steps = req.max_steps
-    model.train()
-    stop_reason, last_metrics, loss_sum, loss_n, last_loss = "max_epochs", {}, 0.0, 0, float("nan")
-    step_seconds, steps_here = 0.0, 0  # time in optimiser steps only (no validation), this invocation
-    in_epoch = step - epoch * steps_per_epoch if ckpt is not None else 0
-    progress = progress_cb(steps_per_epoch, max_steps, req.time_limit) if (progress_cb and ctx.is_main) else None
-    restore_sigterm = _sigterm_as_interrupt() if world == 1 else (lambda: None)
+    rows = runfolder.reconcile_metrics(req.out, st.step, ckpt.get("metrics_row")) if ckpt is not None else []
+    loop = _Loop(req, cfg, ctx, device, ds, model, opt, step_module, validator, args, codes_path, codes_meta,
+                 Saver(req.out, rows, ctx.is_main), st, n_train, trainable, steps_per_epoch, t_start,
+                 saved_step=st.step if ckpt is not None else None)
     try:
-        while True:
-            if req.max_epochs is not None and epoch >= req.max_epochs:
-                stop_reason = "max_epochs"
-                break
-            perm = np.random.default_rng([cfg.seed, epoch]).permutation(trainable)
-            if progress:
-                progress.start_epoch(epoch, in_epoch)
-            stopped = False
-            for i in range(in_epoch, steps_per_epoch):
-                if max_steps is not None and step >= max_steps:
-                    stop_reason, stopped = "max_steps", True
-                    break
-                if req.time_limit is not None and elapsed_before + time.perf_counter() - t_start >= req.time_limit:
-                    stop_reason, stopped = "time_limit", True
-                    break
-                lo = (i * per_step) % len(perm)
-                batch = perm[lo:lo + per_step]
-                if len(batch) < per_step and cfg.steps_per_epoch:
-                    batch = np.concatenate([batch, perm[: per_step - len(batch)]])
-                denom = None
-                if world > 1 and cfg.model != "bert4rec":
-                    denom = max(1.0, float(np.minimum(n_train[batch] - 1, cfg.max_len).sum())) / world
-                    batch = batch[rank::world]
-                elif world > 1:
-                    batch = batch[rank::world]
-                t_step = time.perf_counter()
-                loss = step_module(denom=denom, **make_batch(cfg, ds, batch, n_train, step, n_items, device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                step += 1
-                lv = float(dist.all_reduce_sum(loss.detach().reshape(1), device)[0]) / world
-                step_seconds += time.perf_counter() - t_step
-                steps_here += 1
-                loss_sum += lv
-                last_loss = lv
-                loss_n += 1
-                if progress:
-                    progress.advance(step, lv, len(batch) * world)
-            if stopped:
-                break
-            epoch += 1
-            in_epoch = 0
-            last_metrics = validate_and_save(loss_sum / max(1, loss_n), epoch_end=True)
-            loss_sum, loss_n = 0.0, 0
-            if progress:
-                progress.end_epoch(epoch, last_metrics, best)
-            if bad_epochs >= cfg.patience:
-                stop_reason = "early_stop"
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    finally:
-        restore_sigterm()
-    if loss_n or not last_metrics:  # steps since the last validation, or none yet: validate at the stop
-        last_metrics = validate_and_save(loss_sum / loss_n if loss_n else float("nan"), epoch_end=False)
-    if progress:
-        progress.close()
-    dist.barrier(ctx)
-    elapsed = elapsed_before + time.perf_counter() - t_start
-    result = TrainResult(run_dir=run_dir, model=cfg.model, embedding=cfg.embedding, device=str(device),
-                         epochs=epoch, steps=step, elapsed_s=elapsed, stop_reason=stop_reason,
-                         best_metric=best, last_metrics=last_metrics, parameters=count_parameters(model),
-                         world_size=world, last_loss=last_loss,
-                         step_s=step_seconds / steps_here if steps_here else float("nan"))
+        result = loop.train(progress_cb)
+    except RecJPQError:
+        if created_here and not (req.out / LAST).exists():  # nothing finite or resumable to keep
+            shutil.rmtree(req.out, ignore_errors=True)
+        raise
     # The DDP wrapper's reducer holds the process group: drop it first, so that gloo's worker threads are
     # joined now, not during interpreter exit (where they could abort the process after a finished run).
-    del step_module
+    del step_module, loop
     dist.shutdown(ctx)
     return result
 
 
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's time limit, `kill`, `timeout`) stops training like Ctrl-C: validate, save, exit 130.
+class _Loop:
+    """One training run's loop: epochs of steps, validation at each epoch end and at every stop."""
 
-    Only in a single process, from the main thread (torchrun's agent manages its workers' signals itself).
-    Returns a function that puts the previous handler back.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+    def __init__(self, req, cfg, ctx, device, ds, model, opt, step_module, validator, args, codes_path, codes_meta,
+                 saver, st, n_train, trainable, steps_per_epoch, t_start, saved_step):
+        self.req, self.cfg, self.ctx, self.device, self.ds = req, cfg, ctx, device, ds
+        self.model, self.opt, self.step_module, self.validator = model, opt, step_module, validator
+        self.args, self.codes_path, self.codes_meta, self.saver, self.st = args, codes_path, codes_meta, saver, st
+        self.n_train, self.trainable, self.spe, self.t_start = n_train, trainable, steps_per_epoch, t_start
+        self.saver.saved_step = saved_step
+        self.stats = StepStats(device, ctx.world_size)
+        self.step_seconds, self.steps_here = 0.0, 0
+        self.progress = None
 
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+    def elapsed(self) -> float:
+        return self.st.elapsed_before + (time.perf_counter() - self.t_start)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    # --- checkpoints and validation
+    def _checkpoint(self, metrics_now: dict[str, float]) -> dict[str, Any]:
+        cfg, st, device = self.cfg, self.st, self.device
+        rng: dict[str, torch.Tensor] = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION, "model": cfg.model, "embedding": cfg.embedding,
+            "model_args": self.args,
+            "config": cfg.to_dict() | {"codes": str(self.codes_path) if self.codes_path else None},
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "rng": rng, "epoch": st.epoch, "step": st.step,
+            "best_metric": st.best, "bad_epochs": st.bad_epochs, "elapsed_s": self.elapsed(),
+            "dataset_fingerprint": self.ds.fingerprint, "codes_meta": self.codes_meta,
+            "world_size": self.ctx.world_size, "metrics": metrics_now, "last_loss": self.stats.last_loss,
+        }
 
+    def check_health(self) -> None:
+        """Read the device-side loss window (one synchronisation); a non-finite loss or weight stops the run."""
+        mean, n, first_bad = self.stats.read()
+        if first_bad is not None:
+            at = f"the loss was not finite at step {first_bad + 1}" if first_bad >= 0 else "the loss was not finite"
+            raise _diverged(self.cfg, at, self.saver.saved_step, self.req.out)
+        if n and self.progress:
+            self.progress.advance(self.st.step, mean, n * self.cfg.batch_size * self.ctx.world_size, steps=n)
 
-def _prepare_run_dir(req: TrainRequest, cfg: TrainConfig, codes_path: Path | None) -> None:
-    """Create (or, with --overwrite, replace) the run folder once every check has passed."""
-    run = req.out
-    if req.resume:
-        return
-    if run.exists():
-        if not (run / CONFIG).is_file() and any(run.iterdir()):
-            raise OutputExistsError(f"{run}: exists and is not a recjpq run folder; refusing to overwrite it")
-        shutil.rmtree(run)
-    tmp = run.with_name(f".{run.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None}
-    (tmp / CONFIG).write_text(dump_yaml(conf))
-    os.replace(tmp, run)
+    def validate_and_save(self, epoch_end: bool) -> dict[str, float]:
+        self.check_health()
+        if not _weights_finite(self.model):
+            raise _diverged(self.cfg, f"a weight was not finite after step {self.st.step}", self.saver.saved_step,
+                            self.req.out)
+        st = self.st
+        m = self.validator(self.model)
+        improved = m[TARGET_METRIC] > st.best
+        if improved:
+            st.best, st.bad_epochs = m[TARGET_METRIC], 0
+        elif epoch_end:
+            st.bad_epochs += 1
+        loss = self.stats.take_epoch_loss()
+        row = {"epoch": st.epoch, "step": st.step, "elapsed_s": round(self.elapsed(), 3),
+               "train_loss": loss if math.isfinite(loss) else None, **m}
+        self.saver.save(self._checkpoint(m), row, improved)
+        return m
+
+    # --- steps
+    def _batch_users(self, perm: np.ndarray, i: int) -> tuple[np.ndarray, float | None]:
+        cfg, world, per_step = self.cfg, self.ctx.world_size, self.cfg.batch_size * self.ctx.world_size
+        lo = (i * per_step) % len(perm)
+        batch = perm[lo:lo + per_step]
+        if len(batch) < per_step and cfg.steps_per_epoch:
+            batch = np.concatenate([batch, perm[: per_step - len(batch)]])
+        denom = None
+        if world > 1 and cfg.model != "bert4rec":
+            denom = max(1.0, float(np.minimum(self.n_train[batch] - 1, cfg.max_len).sum())) / world
+        if world > 1:
+            batch = batch[self.ctx.rank::world]
+        return batch, denom
+
+    def _one_step(self, batch: np.ndarray, denom: float | None) -> None:
+        cfg, st = self.cfg, self.st
+        t_step = time.perf_counter()
+        loss = self.step_module(denom=denom, **make_batch(cfg, self.ds, batch, self.n_train, st.step,
+                                                         self.ds.n_items, self.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.stats.add(loss, st.step)
+        st.step += 1
+        self.step_seconds += time.perf_counter() - t_step
+        self.steps_here += 1
+        if self.stats.pending >= self.cfg.log_every:
+            self.check_health()
+
+    def _stop_before_step(self, signals: StopSignals) -> str | None:
+        req = self.req
+        if signals.requested:
+            return "interrupted"
+        if req.max_steps is not None and self.st.step >= req.max_steps:
+            return "max_steps"
+        if req.time_limit is not None and self.elapsed() >= req.time_limit:
+            return "time_limit"
+        return None
+
+    def _epoch(self, signals: StopSignals, in_epoch: int) -> str | None:
+        """Steps to the end of the epoch; the stop reason when the run stops inside it."""
+        perm = np.random.default_rng([self.cfg.seed, self.st.epoch]).permutation(self.trainable)
+        if self.progress:
+            self.progress.start_epoch(self.st.epoch, in_epoch)
+        for i in range(in_epoch, self.spe):
+            reason = self._stop_before_step(signals)
+            if reason:
+                return reason
+            self._one_step(*self._batch_users(perm, i))
+        return None
+
+    def train(self, progress_cb: Any) -> TrainResult:
+        req, cfg, st, ctx = self.req, self.cfg, self.st, self.ctx
+        self.model.train()
+        stop_reason, last_metrics = "max_epochs", {}
+        in_epoch = st.step - st.epoch * self.spe if self.saver.saved_step is not None else 0
+        self.progress = progress_cb(self.spe, req.max_steps, req.time_limit) if (progress_cb and ctx.is_main) else None
+        steps_at_last_validation = st.step
+        with StopSignals(enabled=ctx.world_size == 1) as signals:
+            try:
+                while True:
+                    if req.max_epochs is not None and st.epoch >= req.max_epochs:
+                        stop_reason = "max_epochs"
+                        break
+                    reason = self._epoch(signals, in_epoch)
+                    if reason:
+                        stop_reason = reason
+                        break
+                    st.epoch += 1
+                    in_epoch = 0
+                    last_metrics = self.validate_and_save(epoch_end=True)
+                    steps_at_last_validation = st.step
+                    if self.progress:
+                        self.progress.end_epoch(st.epoch, last_metrics, st.best)
+                    if st.bad_epochs >= cfg.patience:
+                        stop_reason = "early_stop"
+                        break
+            except KeyboardInterrupt:
+                if signals.enabled:  # a second signal: stop at once, keep what was saved
+                    raise
+                stop_reason = "interrupted"  # under torchrun: stop here, as a single process would
+            try:
+                if st.step > steps_at_last_validation or not last_metrics:  # validate at the stop
+                    last_metrics = self.validate_and_save(epoch_end=False)
+            finally:
+                if self.progress:
+                    self.progress.close()
+        dist.barrier(ctx)
+        return TrainResult(run_dir=req.out, model=cfg.model, embedding=cfg.embedding, device=str(self.device),
+                           epochs=st.epoch, steps=st.step, elapsed_s=self.elapsed(), stop_reason=stop_reason,
+                           best_metric=st.best, last_metrics=last_metrics, parameters=count_parameters(self.model),
+                           world_size=ctx.world_size, last_loss=self.stats.last_loss,
+                           step_s=self.step_seconds / self.steps_here if self.steps_here else float("nan"))
