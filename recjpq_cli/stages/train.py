@@ -27,6 +27,7 @@ from recjpq_cli.config import TrainConfig, build_config, from_dict
 from recjpq_cli.data import sequences
 from recjpq_cli.data.io import dump_yaml, read_yaml
 from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION, Dataset, load_dataset, read_dataset_meta
+from recjpq_cli.dataset_record import DATASET_KEY, FINGERPRINT_KEY, record
 from recjpq_cli.errors import ConfigError, InputError, OutputExistsError, ResourceError
 from recjpq_cli.memory import GIB, available_bytes, estimate
 from recjpq_cli.metrics import ndcg_at_k, recall_at_k
@@ -104,6 +105,8 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
             raise InputError(f"{run}: nothing to resume ({CONFIG} or {LAST} missing)")
         saved = read_yaml(run / CONFIG, "run config")
         codes_saved = saved.pop("codes", None)
+        for key in (DATASET_KEY, FINGERPRINT_KEY):  # where the dataset was: a record, not config
+            saved.pop(key, None)
         cfg = from_dict(saved, str(run / CONFIG))
         if req.model is not None and req.model != cfg.model:
             raise ConfigError(f"--resume: --model {req.model} differs from the run's model {cfg.model}")
@@ -115,12 +118,12 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
         if req.config_file is not None or req.overrides:
             again = build_config(cfg.model, config_file=req.config_file, overrides=req.overrides)
             given = set(req.overrides) | (set(read_yaml(req.config_file)) if req.config_file else set())
-            for k in sorted(given):
-                if k in ("patience",):
-                    continue
+            may_change = {"patience"}  # honoured on resume; every other key must repeat the run's value
+            for k in sorted(given - may_change):
                 if getattr(again, k) != getattr(cfg, k):
                     raise ConfigError(f"--resume: {k}={getattr(again, k)!r} differs from the run's "
                                       f"{k}={getattr(cfg, k)!r} (only budgets, device, patience and quiet may change)")
+            cfg = replace(cfg, **{k: getattr(again, k) for k in given & may_change})
         if req.patience is not None:
             cfg = replace(cfg, patience=req.patience)
         ckpt = load_checkpoint(run / LAST)
@@ -348,11 +351,11 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
             rng["cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(path, {
             "format_version": CHECKPOINT_FORMAT_VERSION, "model": cfg.model, "embedding": cfg.embedding,
-            "model_args": args, "config": cfg.to_dict() | {"codes": str(codes_path) if codes_path else None},
+            "model_args": args, "config": cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None},
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": rng, "epoch": epoch, "step": step, "best_metric": best,
             "bad_epochs": bad_epochs, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-            "dataset_fingerprint": ds.fingerprint, "codes_meta": codes_meta, "world_size": world,
+            **record(ds.path, ds.fingerprint), "codes_meta": codes_meta, "world_size": world,
             "metrics": metrics_now, "last_loss": last_loss,
         })
 
@@ -486,6 +489,6 @@ def _prepare_run_dir(req: TrainRequest, cfg: TrainConfig, codes_path: Path | Non
     tmp = run.with_name(f".{run.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None}
+    conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None} | record(req.dataset)
     (tmp / CONFIG).write_text(dump_yaml(conf))
     os.replace(tmp, run)
