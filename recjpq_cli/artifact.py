@@ -4,7 +4,8 @@ A model file is a safetensors file (see docs/formats.md, "Model file"): tensors 
 code. Tensors: the model's state dict with codes in the CODES dtype (uint8, or uint16 when ksub > 256) and
 centroids in the chosen dtype (fp32, fp16, bf16), and the raw id maps as embedded Parquet bytes
 (``idmap.items``, ``idmap.users``). String metadata: ``format``, ``format_version``, ``model_args`` (JSON,
-the dict ``build_model`` takes), ``dataset_fingerprint``, ``codes_dtype``, ``centroid_dtype``, ``source`` and
+the dict ``build_model`` takes), ``dataset_fingerprint``, ``dataset`` (the folder's path; files written before it
+was recorded lack it), ``codes_dtype``, ``centroid_dtype``, ``source`` and
 ``codes_meta`` (JSON).
 """
 
@@ -131,7 +132,7 @@ def _parquet_bytes(s: pl.Series, name: str) -> torch.Tensor:
 
 def write_artifact(path: Path, model: nn.Module, model_args: dict[str, Any], *, fingerprint: str,
                    raw_items: pl.Series, raw_users: pl.Series, centroid_dtype: str, source: dict[str, Any],
-                   codes_meta: dict[str, Any] | None) -> int:
+                   codes_meta: dict[str, Any] | None, dataset: str | None = None) -> int:
     """Write the model file atomically; ``raw_items`` lists items 1..n (no padding entry). Returns the
     bytes the id maps take."""
     from safetensors.torch import save_file
@@ -153,7 +154,7 @@ def write_artifact(path: Path, model: nn.Module, model_args: dict[str, Any], *, 
         "model_args": json.dumps(model_args), "dataset_fingerprint": fingerprint,
         "codes_dtype": codes_name, "centroid_dtype": centroid_dtype,
         "source": json.dumps(source), "codes_meta": json.dumps(codes_meta),
-    }
+    } | ({"dataset": dataset} if dataset else {})
     with atomic_file(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return tensors[IDMAP_ITEMS].numel() + tensors[IDMAP_USERS].numel()

@@ -1,6 +1,7 @@
 """Typed errors whose text is written for the user.
 
-Library code raises these; ``cli.py`` turns them into one ``Error: ...`` line on stderr and exit code 1.
+Library code raises these; ``commands/common.py`` (``user_errors``, used by every command) turns them into
+one ``Error: ...`` line on stderr and exit code 1.
 """
 
 from __future__ import annotations

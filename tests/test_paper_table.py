@@ -47,7 +47,14 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     for model in ("sasrec", "gsasrec", "bert4rec"):
         sub = json.loads((d / f"eval-{model}.json").read_text())
         assert sub["runs"][0]["name"] == f"{model}-dense"
-        assert all(r["significance"] for r in sub["runs"][1:])
+        ref = sub["runs"][0]
+        for r in sub["runs"][1:]:  # a paired t-test against the dense row, its mark as the p-value says
+            sig = r["significance"]
+            assert sig["reference"] == ref["name"] and sig["is_reference"] is False, sig
+            assert sig["alpha_corrected"] == pytest.approx(0.05 / (len(sub["runs"]) - 1)), sig
+            assert 0 <= sig["p"] <= 1, sig
+            better = r["metrics"]["NDCG@10"] > ref["metrics"]["NDCG@10"]
+            assert sig["mark"] == ("=" if sig["p"] >= sig["alpha_corrected"] else "+" if better else "-"), sig
     for row in ROWS:
         facts = json.loads((d / "runs" / f"{row}.train.json").read_text())
         assert facts["stop_reason"] == "time_limit" and facts["model"] == row.split("-")[0]

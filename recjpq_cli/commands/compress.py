@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,7 +21,7 @@ class CentroidDtype(str, Enum):
 def compress(
     run: Annotated[Path, typer.Argument(help="Run folder from `recjpq train`.", show_default=False, metavar="RUN_DIR")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (any name).", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder of the run (for the id maps).", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset folder of the run (for the id maps). Default: the one the run records.", show_default=False)] = None,
     checkpoint: CheckpointOpt = Checkpoint.best,
     centroid_dtype: Annotated[CentroidDtype, typer.Option("--centroid-dtype", help="Stored precision of the centroids.")] = CentroidDtype.fp32,
     from_dense: Annotated[bool, typer.Option("--from-dense", help="Product-quantise a run trained with full embeddings (k-means).")] = False,
@@ -35,10 +35,12 @@ def compress(
 ) -> None:
     """Write codes, centroids, backbone, model arguments and id maps to one file; report sizes vs dense."""
     from recjpq_cli.console import console
+    from recjpq_cli.dataset_record import default_data
     from recjpq_cli.stages import compress as stage
     from recjpq_cli.stages.render import compress_table
 
     with user_errors(json):
+        data = default_data(data, run, checkpoint.value)
         cfg = stage.CompressConfig(run=run, out=out, data=data, checkpoint=checkpoint.value,
                                    centroid_dtype=centroid_dtype.value, from_dense=from_dense,
                                    code_length=code_length, centroids=centroids, kmeans_iters=kmeans_iters,

@@ -26,7 +26,7 @@ class Baseline(str, Enum):
 
 
 CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Which checkpoint of a run folder to read.")]
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Dataset folder the model was trained on.", show_default=False)]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset folder the model was trained on. Default: the one the first run or model records.", show_default=False)]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Users scored at once.")]
 FilterOpt = Annotated[bool, typer.Option("--filter-seen/--no-filter-seen", help="Remove the user's input items from the ranking.")]
 
@@ -43,8 +43,8 @@ def parse_ks(value: str) -> list[int]:
 
 
 def evaluate(
-    data: DataOpt,
     sources: Annotated[Optional[list[Path]], typer.Argument(help="Run folders (RUN_DIR/best.pt) and/or model files from `recjpq compress`.", show_default=False, metavar="RUN_DIR_OR_MODEL")] = None,
+    data: DataOpt = None,
     split: Annotated[Split, typer.Option("--split", help="Whose targets to rank.")] = Split.test,
     k: Annotated[str, typer.Option("--k", help="Cut-offs for NDCG@k and Recall@k, comma-separated.")] = "1,5,10,20,100",
     filter_seen: FilterOpt = True,
@@ -65,10 +65,12 @@ def evaluate(
         raise typer.BadParameter("give a run folder or model file, or --baseline popularity",
                                  param_hint="SOURCES")
     from recjpq_cli.console import progress
+    from recjpq_cli.dataset_record import default_data
     from recjpq_cli.stages import evaluate as stage
     from recjpq_cli.stages.render import evaluate_table
 
     with user_errors(json):
+        data = default_data(data, sources[0] if sources else None, checkpoint.value)
         cfg = stage.EvaluateConfig(
             sources=tuple(sources or ()), data=data, split=split.value, ks=tuple(ks), filter_seen=filter_seen,
             checkpoint=checkpoint.value, batch_size=batch_size, device=device.value,

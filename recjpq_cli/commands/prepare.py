@@ -13,6 +13,7 @@ from recjpq_cli.commands.common import JsonOpt, OverwriteOpt, QuietOpt, emit, us
 
 class Format(str, Enum):
     sasrec = "sasrec"
+    seq = "seq"
     movielens = "movielens"
     recbole = "recbole"
     gowalla = "gowalla"

@@ -13,8 +13,8 @@ from recjpq_cli.commands.evaluate import BatchOpt, Checkpoint, CheckpointOpt, Fi
 
 def recommend(
     source: Annotated[Path, typer.Argument(help="Run folder or model file.", show_default=False, metavar="MODEL_OR_RUN")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset folder (the users' sequences).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write: user, rank, item, score.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Dataset folder (the users' sequences). Default: the one the run or model records.", show_default=False)] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 10,
     users: Annotated[Optional[Path], typer.Option("--users", help="Only these users: one raw user id a line.", metavar="FILE")] = None,
     filter_seen: FilterOpt = True,
@@ -27,10 +27,12 @@ def recommend(
 ) -> None:
     """Recommend the top-k next items for every user (or those in --users) from their whole sequence."""
     from recjpq_cli.console import progress
+    from recjpq_cli.dataset_record import default_data
     from recjpq_cli.stages import recommend as stage
     from recjpq_cli.stages.render import recommend_summary
 
     with user_errors(json):
+        data = default_data(data, source, checkpoint.value)
         cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
                                     filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
                                     device=device.value, overwrite=overwrite)

@@ -18,7 +18,7 @@ import polars as pl
 
 from recjpq_cli.errors import InputError
 
-FORMATS = ("sasrec", "movielens", "recbole", "gowalla", "booking", "csv", "tsv", "parquet")
+FORMATS = ("sasrec", "seq", "movielens", "recbole", "gowalla", "booking", "csv", "tsv", "parquet")
 GENERIC = ("csv", "tsv", "parquet")
 _SNIFF_BYTES = 64 * 1024
 _PARQUET_MAGIC = b"PAR1"
@@ -79,6 +79,7 @@ def _head_text(path: Path) -> list[str]:
 
 
 _INT2 = re.compile(r"^\s*-?\d+\s+-?\d+\s*$")
+_INTS = re.compile(r"^\s*-?\d+(\s+-?\d+)+\s*$")  # two or more whitespace-separated integers
 _GOWALLA = re.compile(r"^[^\t]+\t\d{4}-\d{2}-\d{2}T[^\t]+\t[^\t]+\t[^\t]+\t[^\t]+$")
 
 
@@ -103,6 +104,8 @@ def detect_format(path: Path) -> str:
         return "gowalla"
     if name.endswith(".txt") and all(_INT2.match(ln) for ln in lines):
         return "sasrec"
+    if name.endswith(".txt") and all(_INTS.match(ln) for ln in lines) and any(len(ln.split()) >= 3 for ln in lines):
+        return "seq"
     if name.endswith(".csv"):
         return "csv"
     if name.endswith(".tsv"):
@@ -158,6 +161,51 @@ def _read_sasrec(path: Path, **_: object) -> RawLog:
         text = lines.slice(row, 1).collect().item()
         return f"line {row + 1}: {text!r} is not two whitespace-separated integers (user item)"
     return RawLog(lf, has_time=False, explain=explain)
+
+
+_INT_TOKEN = r"^-?\d+$"
+
+
+def _read_seq(path: Path, **_: object) -> RawLog:
+    """``user item item ...`` per line (one user a line, items oldest first), any whitespace between.
+
+    Vectorised: each line becomes a list of tokens, the items are exploded into rows in file order (so the
+    position is the time order). A line is bad when a token is not an integer, when it has a user but no
+    item, or when its user already had a line (users are refused on two lines, not merged: a log of
+    ``user item time`` lines would otherwise be read as sequences without a word).
+    """
+    lines = pl.scan_csv(path, separator="\x1f", has_header=False, new_columns=["line"], quote_char=None,
+                        schema_overrides={"line": pl.String})
+    tok = pl.col("line").str.extract_all(r"\S+")
+    per_line = lines.with_row_index("_line", offset=1).select(
+        "_line",
+        tok.list.first().cast(pl.Int64, strict=False).alias("raw_user"),
+        tok.list.slice(1).list.eval(pl.element().cast(pl.Int64, strict=False)).alias("raw_item"),
+        tok.list.len().fill_null(0).alias("_n"),
+        tok.list.eval(pl.element().str.contains(_INT_TOKEN)).list.all().alias("_ints"),
+    )
+    user_again = pl.col("raw_user").is_not_null() & ~pl.col("raw_user").is_first_distinct()
+    bad = (pl.col("_n").eq(1) | (pl.col("_n").gt(0) & ~pl.col("_ints"))
+           | pl.col("raw_item").list.eval(pl.element().is_null()).list.any().fill_null(False) | user_again)
+    no_items = pl.concat_list(pl.lit(None, dtype=pl.Int64))  # one null row for a blank or item-less line
+    exploded = per_line.with_columns(
+        bad.alias("_bad"),
+        pl.when(pl.col("_n") > 1).then(pl.col("raw_item")).otherwise(no_items).alias("raw_item"),
+    ).explode("raw_item")
+
+    def explain(row: int) -> str:
+        n = int(exploded.select("_line").slice(row, 1).collect().item())
+        text = lines.slice(n - 1, 1).collect().item()
+        tokens = text.split()
+        wrong = [t for t in tokens if not re.fullmatch(_INT_TOKEN, t) or not -2**63 <= int(t) < 2**63]
+        if wrong:
+            return f"line {n}: {wrong[0]!r} is not an integer (a seq line is: user item item ...)"
+        if len(tokens) == 1:
+            return f"line {n}: user {tokens[0]} has no items (a seq line is: user item item ...)"
+        first = per_line.filter(pl.col("raw_user") == int(tokens[0])).select("_line").head(1).collect().item()
+        return (f"line {n}: user {tokens[0]} already has line {first}; a seq file holds one line per user "
+                f"(for a log of one interaction a line, pass another --format)")
+    return RawLog(exploded.select("raw_user", "raw_item", "_bad"), has_time=False, explain=explain)
 
 
 def _read_movielens(path: Path, **_: object) -> RawLog:
@@ -261,6 +309,7 @@ def _read_parquet(path: Path, user_col: str = "user_id", item_col: str = "item_i
 
 READERS: dict[str, Callable[..., RawLog]] = {
     "sasrec": _read_sasrec,
+    "seq": _read_seq,
     "movielens": _read_movielens,
     "recbole": _read_recbole,
     "gowalla": _read_gowalla,

@@ -165,7 +165,7 @@ def run(cfg: CompressConfig) -> CompressResult:
         source["kmeans"] = {"M": cfg.code_length, "ksub": cfg.centroids, "iters": cfg.kmeans_iters, "seed": cfg.seed}
     id_bytes = write_artifact(cfg.out, model, args, fingerprint=str(meta["fingerprint"]), raw_items=raw_items,
                               raw_users=raw_users, centroid_dtype=cfg.centroid_dtype, source=source,
-                              codes_meta=ckpt.get("codes_meta"))
+                              codes_meta=ckpt.get("codes_meta"), dataset=str(cfg.data.resolve()))
     ksub = int(args["ksub"])
     codes_name = codes_dtype_name(ksub)
     size = model_size(model, args["n_items"], args["d"], codes_itemsize=CODES_DTYPES[codes_name].itemsize,

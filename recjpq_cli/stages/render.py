@@ -1,4 +1,9 @@
-"""Rich summary tables for people (stderr). Stages return results; these only draw them."""
+"""Rich summary tables for people (stderr). Stages return results; these only draw them.
+
+Every column folds a value too long for it onto the next line (rich's default would cut it with an
+ellipsis), and ``console.show`` draws a table at the width it needs when stderr is not a terminal, so no
+value, header or column is ever cut.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,16 @@ from typing import Any
 
 from rich.table import Table
 
-from recjpq_cli.console import console
+from recjpq_cli.console import show
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> None:
     t = Table(title=title, show_header=False, title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
+    t.add_column("what", style="bold", overflow="fold")
+    t.add_column("value", overflow="fold")
     for k, v in rows:
         t.add_row(k, f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else str(v)))
-    console().print(t)
+    show(t)
 
 
 def prepare_table(r: Any) -> None:
@@ -29,14 +34,15 @@ def prepare_table(r: Any) -> None:
         ("train / val / test", " / ".join(f"{v:,}" for v in s["split_sizes"].values())),
     ]
     rows += [(f"dropped: {k.replace('_', ' ')}", v) for k, v in s["dropped_rows"].items()]
-    rows += [("fingerprint", r.fingerprint[:16] + "…"), ("written", str(r.out)), ("seconds", round(r.seconds, 2))]
+    rows += [("fingerprint (first 16 hex digits)", r.fingerprint[:16]), ("written", str(r.out)),
+             ("seconds", round(r.seconds, 2))]
     kv_table("prepare", rows)
 
 
 def train_table(r: Any) -> None:
     rows = [("model", f"{r.model} ({r.embedding} embeddings)"), ("device", r.device),
             ("epochs / steps", f"{r.epochs} / {r.steps}"), ("stopped by", r.stop_reason),
-            ("best validation NDCG@10", round(r.best_metric, 4)),
+            ("best validation NDCG@10", f"{r.best_metric:.4f}"),
             ("last validation NDCG@10 / Recall@10",
              f"{r.last_metrics.get('NDCG@10', float('nan')):.4f} / {r.last_metrics.get('Recall@10', float('nan')):.4f}"),
             ("item parameters", r.parameters["item"]), ("backbone parameters", r.parameters["backbone"]),
@@ -88,16 +94,16 @@ def evaluate_table(r: Any) -> None:
     t = Table(title=f"evaluate: {r.split}, {r.users:,} users"
               + (f" (sampled from {r.users_total:,}, seed {r.seed})" if r.sampled_users else "")
               + (", seen items filtered" if r.filter_seen else ", seen items kept"), title_justify="left")
-    t.add_column("run", style="bold", no_wrap=True, min_width=10)
+    t.add_column("run", style="bold", min_width=10, overflow="fold")
     for name in (f"NDCG@{k}", f"Recall@{k}", "MRR", f"tail NDCG@{k}", "size", "item ratio"):
-        t.add_column(name, justify="right", no_wrap=True)
+        t.add_column(name, justify="right", overflow="fold")
     for run in r.runs:
         m = run.metrics
         mark = run.significance.get("mark") or ""
         t.add_row(run.name, f"{m[f'NDCG@{k}']:.4f}{mark if k == 10 else ''}", f"{m[f'Recall@{k}']:.4f}",
                   f"{m['MRR']:.4f}", f"{run.long_tail['metrics'].get(f'NDCG@{k}', float('nan')):.4f}",
                   _mib(run.size.get("model_bytes")), _ratio(run.size.get("item_table_ratio")))
-    console().print(t)
+    show(t)
     alpha = r.runs[0].significance.get("alpha_corrected", 0.05) if r.runs else 0.05
     notes = [f"long tail (< 5 training interactions): {r.long_tail_share:.1%} of targets"]
     if len(r.runs) > 1:
@@ -106,7 +112,8 @@ def evaluate_table(r: Any) -> None:
     notes.append(f"targets repeating an input item: {r.repeated_targets:,} ({verb})")
     if r.per_user:
         notes.append(f"per-user rows of {r.runs[0].name}: {r.per_user}")
-    console().print("\n".join(notes))
+    for note in notes:
+        show(note)
 
 
 def compress_table(r: Any) -> None:
@@ -114,11 +121,9 @@ def compress_table(r: Any) -> None:
     c = s["components"]
     eq = s["dense_equivalent"]
     t = Table(title=f"compress: {r.out} ({r.method}, M={r.M}, ksub={r.ksub:,})", title_justify="left")
-    t.add_column("component", style="bold")
-    t.add_column("parameters / entries", justify="right")
-    t.add_column("stored as", justify="right")
-    t.add_column("size", justify="right")
-    t.add_column("dense equivalent", justify="right")
+    t.add_column("component", style="bold", overflow="fold")
+    for name in ("parameters / entries", "stored as", "size", "dense equivalent"):
+        t.add_column(name, justify="right", overflow="fold")
     t.add_row("codes", f"{c['codes']['count']:,}", r.codes_dtype, _mib(c["codes"]["bytes"]), "")
     t.add_row("centroids", f"{c['centroids']['parameters']:,}", r.centroid_dtype, _mib(c["centroids"]["bytes"]), "")
     t.add_row("item tables", "", "", _mib(s["item_table_bytes"]),
@@ -129,14 +134,14 @@ def compress_table(r: Any) -> None:
     t.add_row("id maps", "", "parquet", _mib(c["id_maps"]["bytes"]), "")
     t.add_row("file on disk", "", "safetensors", _mib(s["file_bytes"]),
               f"checkpoint {_mib(s['checkpoint_bytes'])}")
-    console().print(t)
+    show(t)
     line = (f"item-table ratio {_ratio(s['item_table_ratio'])}, model ratio {_ratio(s['model_ratio'])}, "
             f"file {_ratio(s['checkpoint_ratio'])} smaller than the checkpoint")
     if r.quantisation_error:
         line += "; relative squared error " + ", ".join(f"{k} {v:.3g}" for k, v in r.quantisation_error.items())
-    console().print(line)
+    show(line)
 
 
 def recommend_summary(r: Any) -> None:
-    console().print(f"wrote {r.out}: top-{r.k} for {r.users:,} users ({r.rows:,} rows"
+    show(f"wrote {r.out}: top-{r.k} for {r.users:,} users ({r.rows:,} rows"
                     + (", seen items filtered" if r.filter_seen else "") + f") in {r.seconds:.1f} s")

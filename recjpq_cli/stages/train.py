@@ -27,6 +27,7 @@ from recjpq_cli.config import TrainConfig, build_config, from_dict
 from recjpq_cli.data import sequences
 from recjpq_cli.data.io import atomic_file, dump_yaml, read_yaml
 from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION, Dataset, load_dataset, read_dataset_meta
+from recjpq_cli.dataset_record import DATASET_KEY, FINGERPRINT_KEY, record
 from recjpq_cli.errors import ConfigError, InputError, OutputExistsError, RecJPQError, ResourceError
 from recjpq_cli.memory import GIB, available_bytes, estimate
 from recjpq_cli.metrics import ndcg_at_k, recall_at_k
@@ -110,6 +111,8 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
             raise InputError(f"{run}: nothing to resume ({CONFIG} or {LAST} missing)")
         saved = read_yaml(run / CONFIG, "run config")
         codes_saved = saved.pop("codes", None)
+        for key in (DATASET_KEY, FINGERPRINT_KEY):  # where the dataset was: a record, not config
+            saved.pop(key, None)
         cfg = from_dict(saved, str(run / CONFIG))
         if req.model is not None and req.model != cfg.model:
             raise ConfigError(f"--resume: --model {req.model} differs from the run's model {cfg.model}")
@@ -121,12 +124,12 @@ def _resolve(req: TrainRequest, meta: dict[str, Any]) -> tuple[TrainConfig, Path
         if req.config_file is not None or req.overrides:
             again = build_config(cfg.model, config_file=req.config_file, overrides=req.overrides)
             given = set(req.overrides) | (set(read_yaml(req.config_file)) if req.config_file else set())
-            for k in sorted(given):
-                if k in ("patience",):
-                    continue
+            may_change = {"patience", "log_every"}  # honoured on resume; every other key must repeat the run's value
+            for k in sorted(given - may_change):
                 if getattr(again, k) != getattr(cfg, k):
                     raise ConfigError(f"--resume: {k}={getattr(again, k)!r} differs from the run's "
                                       f"{k}={getattr(cfg, k)!r} (only budgets, device, patience and quiet may change)")
+            cfg = replace(cfg, **{k: getattr(again, k) for k in given & may_change})
         if req.patience is not None:
             cfg = replace(cfg, patience=req.patience)
         ckpt = load_checkpoint(run / LAST)
@@ -523,7 +526,7 @@ def _run(req: TrainRequest, progress_cb: Any, locks: list[RunLock]) -> TrainResu
     validator = Validator(ds, cfg, device, ctx.rank, world)
     created_here = False
     if ctx.is_main and not req.resume:
-        conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None}
+        conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None} | record(req.dataset)
         locks.append(runfolder.create(req.out, req.overwrite, dump_yaml(conf)))
         created_here = True
         if world > 1 and not req.quiet:
@@ -576,11 +579,11 @@ class _Loop:
         return {
             "format_version": CHECKPOINT_FORMAT_VERSION, "model": cfg.model, "embedding": cfg.embedding,
             "model_args": self.args,
-            "config": cfg.to_dict() | {"codes": str(self.codes_path) if self.codes_path else None},
+            "config": cfg.to_dict() | {"codes": str(Path(self.codes_path).resolve()) if self.codes_path else None},
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(), "rng": rng, "epoch": st.epoch, "step": st.step,
             "best_metric": st.best, "bad_epochs": st.bad_epochs, "elapsed_s": self.elapsed(),
-            "dataset_fingerprint": self.ds.fingerprint, "codes_meta": self.codes_meta,
+            **record(self.ds.path, self.ds.fingerprint), "codes_meta": self.codes_meta,
             "world_size": self.ctx.world_size, "metrics": metrics_now, "last_loss": self.stats.last_loss,
         }
 
