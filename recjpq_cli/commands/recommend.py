@@ -30,10 +30,10 @@ def recommend(
     from recjpq_cli.stages import recommend as stage
     from recjpq_cli.stages.render import recommend_summary
 
-    with user_errors(json):
-        cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
-                                    filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
-                                    device=device.value, overwrite=overwrite)
+    cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
+                                filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
+                                device=device.value, overwrite=overwrite)
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         with progress(quiet, transient=True) as p:
             result = stage.run(cfg, p)
         if not quiet:
