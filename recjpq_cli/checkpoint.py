@@ -33,7 +33,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load picks its reader by content, not by suffix
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError,
             KeyError, AttributeError, TypeError, IndexError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
