@@ -49,7 +49,8 @@ class CompressConfig:
 
 
     def inputs(self) -> tuple[Path, ...]:
-        return (self.run, self.run / f"{self.checkpoint}.pt", *dataset_files(self.data))
+        data = dataset_files(self.data) if self.data is not None else []
+        return (self.run, self.run / f"{self.checkpoint}.pt", *data)
 
     def outputs(self) -> tuple[Path, ...]:
         return (self.out,)

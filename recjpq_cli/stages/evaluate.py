@@ -50,7 +50,8 @@ class EvaluateConfig:
         from recjpq_cli.artifact import model_inputs
 
         models = [p for s in self.sources for p in model_inputs(s, self.checkpoint)]
-        return (*models, *dataset_files(self.data))
+        data = dataset_files(self.data) if self.data is not None else []
+        return (*models, *data)
 
     def outputs(self) -> tuple[Path, ...]:
         return (self.per_user,) if self.per_user is not None else ()

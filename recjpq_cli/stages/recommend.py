@@ -40,7 +40,8 @@ class RecommendConfig:
         from recjpq_cli.artifact import model_inputs
 
         users = (self.users_file,) if self.users_file is not None else ()
-        return (*model_inputs(self.source, self.checkpoint), *dataset_files(self.data), *users)
+        data = dataset_files(self.data) if self.data is not None else []
+        return (*model_inputs(self.source, self.checkpoint), *data, *users)
 
     def outputs(self) -> tuple[Path, ...]:
         return (self.out,)
