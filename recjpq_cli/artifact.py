@@ -160,6 +160,33 @@ def write_artifact(path: Path, model: nn.Module, model_args: dict[str, Any], *, 
     return tensors[IDMAP_ITEMS].numel() + tensors[IDMAP_USERS].numel()
 
 
+def check_state(state: dict[str, torch.Tensor], args: dict[str, Any], path: Path) -> None:
+    """The one check of a model's tensors before it is built, for run checkpoints and model files alike:
+    every floating tensor finite (a diverged model is refused, never ranked), codes shaped
+    ``(n_items + 1, M)`` with every sub-id below ``ksub``."""
+    from recjpq_cli.models.registry import check_model_args
+
+    check_model_args(args, path)
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: the state dict is not a mapping of names to tensors")
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{path}: '{key}' is not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"{path}: '{key}' holds non-finite values (NaN or inf): the model diverged and "
+                             f"cannot rank items; train again with a lower learning rate (--set lr=...)")
+        if key.endswith("codes") and args.get("embedding") == "jpq":
+            want = (int(args["n_items"]) + 1, int(args["M"]))
+            if tuple(t.shape) != want:
+                raise InputError(f"{path}: '{key}' has shape {tuple(t.shape)}, expected (n_items + 1, M) = {want}")
+            c = t.to(torch.int32)
+            lo, hi = (int(c.min()), int(c.max())) if c.numel() else (0, 0)
+            if lo < 0 or hi >= int(args["ksub"]):
+                bad = lo if lo < 0 else hi
+                raise InputError(f"{path}: '{key}' holds sub-id {bad}, outside 0..ksub-1 = 0..{int(args['ksub']) - 1}; "
+                                 f"the file is corrupt")
+
+
 @dataclass
 class Artifact:
     path: Path
@@ -211,6 +238,7 @@ def read_artifact(path: Path, device: str | torch.device = "cpu") -> Artifact:
         raw_users = pl.read_parquet(io.BytesIO(tensors.pop(IDMAP_USERS).numpy().tobytes()))["raw_user"]
     except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
         raise InputError(f"{path}: id maps are missing or unreadable ({type(e).__name__})") from None
+    check_state(tensors, args, path)
     try:
         model = build(args)
         state = {k: (v.float() if v.is_floating_point() else v.to(torch.int32)) for k, v in tensors.items()}
@@ -244,9 +272,28 @@ class LoadedModel:
     size: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_torch_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+def model_inputs(source: Path, checkpoint: str = "best") -> list[Path]:
+    """The files ``load_model`` reads from a run folder or model file (what no output may replace)."""
+    source = Path(source)
+    return [source, source / f"{checkpoint}.pt"] if source.is_dir() else [source]
+
+
+def model_file_kind(source: Path) -> str:
+    """A file given as a model: a torch checkpoint is read as one, a safetensors file as a model file; a pickle
+    or anything else is refused in one line that says what it is (decided by content, never by suffix)."""
+    from recjpq_cli.data import kinds
+
+    try:
+        kind = kinds.file_kind(source)
+    except OSError as e:
+        raise InputError(f"{source}: cannot read the file ({e.strerror or type(e).__name__})") from None
+    if kind == kinds.PICKLE:
+        raise InputError(f"{source}: is a pickle file, which recjpq never loads (unpickling can run code); "
+                         f"give a model file from `recjpq compress` or a run folder")
+    if kind not in (kinds.TORCH, kinds.MODEL, kinds.SAFETENSORS):
+        raise InputError(f"{source}: is {kind}, not a model file or a torch checkpoint (give a run folder, a "
+                         f"model file from `recjpq compress` or a checkpoint .pt)")
+    return kind
 
 
 def load_model(source: Path, *, checkpoint: str = "best", data: Path, fingerprint: str,
@@ -258,7 +305,9 @@ def load_model(source: Path, *, checkpoint: str = "best", data: Path, fingerprin
     source = Path(source)
     if not source.exists():
         raise InputError(f"{source}: no such run folder or model file")
-    if source.is_dir() or _is_torch_zip(source):
+    from recjpq_cli.data import kinds
+
+    if source.is_dir() or model_file_kind(source) == kinds.TORCH:
         file = source / f"{checkpoint}.pt" if source.is_dir() else source
         if not file.is_file():
             raise InputError(f"{source}: {file.name} not found (a run folder written by `recjpq train` "
@@ -266,6 +315,7 @@ def load_model(source: Path, *, checkpoint: str = "best", data: Path, fingerprin
         ckpt = load_checkpoint(file)
         fp = str(ckpt["dataset_fingerprint"])
         _check_fingerprint(source, fp, data, fingerprint)
+        check_state(ckpt["state_dict"], ckpt["model_args"], file)
         model = model_from_checkpoint(ckpt, file).to(device)
         args = ckpt["model_args"]
         ksub = args.get("ksub") or 256

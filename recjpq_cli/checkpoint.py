@@ -53,7 +53,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         with warnings.catch_warnings():  # torch warns about legacy (pickle) files; the error below says it all
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch.load picks its reader by content, not by suffix
+                ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(f"{path}: not a recjpq checkpoint: it holds Python objects beyond tensors and plain "
                          "values, which are never loaded (nothing is unpickled)") from None

@@ -23,5 +23,13 @@ class OutputExistsError(RecJPQError):
     """An output exists and ``--overwrite`` was not given."""
 
 
+class WriteError(RecJPQError):
+    """An output could not be written: a read-only or full disk, a folder in the way, a busy path."""
+
+
+class NonFiniteError(RecJPQError):
+    """A model produced NaN or infinite scores: an error, never a ranking (NaN compares false)."""
+
+
 class ResourceError(RecJPQError):
     """The job would not fit in the available memory."""

@@ -5,6 +5,9 @@ large catalogues. Ties go to the lower item id. Used by train (validation), eval
 
 JPQ models on the CPU take the compiled PQTopK path (``jpq/pqtopk.py``) when numba is present: the same
 float32 sums in the same order, so the same ranks and lists, without any (batch, chunk) score matrix.
+
+Non-finite scores (NaN compares false, so a NaN model would rank every target first) raise NonFiniteError;
+the check is a device flag read once per call, or a bound on the compiled path's tables.
 """
 
 from __future__ import annotations
@@ -12,10 +15,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recjpq_cli.errors import NonFiniteError
 from recjpq_cli.jpq import pqtopk
 from recjpq_cli.jpq.embedding import ItemEmbedding, JPQEmbedding
 
 DEFAULT_CHUNK = 65_536
+NON_FINITE = ("scores are not finite (NaN or inf): the model's outputs overflowed or it diverged, so it "
+              "cannot rank items; train again with a lower learning rate")
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_tables(tabs: Tensor, m: int) -> None:
+    """The compiled path sums M table entries per item: every sum is finite when each |entry| < max / M."""
+    if tabs.numel() and not bool(tabs.abs().amax() < _F32_MAX / m):
+        raise NonFiniteError(NON_FINITE)
+
+
+def _check_ok(ok: Tensor) -> None:
+    """``ok``: a device flag AND-ed over every score chunk, read once per call (one host sync)."""
+    if not bool(ok):
+        raise NonFiniteError(NON_FINITE)
 
 
 def _mask_chunk(scores: Tensor, start: int, end: int, excl_rows: Tensor | None, excl_items: Tensor | None) -> None:
@@ -55,6 +74,7 @@ def target_ranks(items: ItemEmbedding, h: Tensor, targets: Tensor, excl_rows: Te
     dev = h.device
     tabs = _fast_tables(items, h)
     if tabs is not None:
+        _check_tables(tabs, items.M)
         ptr, ex = _csr(b, excl_rows, excl_items)
         return torch.from_numpy(pqtopk.ranks(tabs.numpy(), items.codes.numpy(), targets.numpy(), ptr, ex))
     prep = items.prepare(h)
@@ -72,15 +92,18 @@ def target_ranks(items: ItemEmbedding, h: Tensor, targets: Tensor, excl_rows: Te
             t_score[rows] = sc.gather(1, (ts[lo:hi] - s)[:, None])[:, 0]
     greater = torch.zeros(b, dtype=torch.long, device=dev)
     arange = torch.arange(b, device=dev)
+    ok = torch.ones((), dtype=torch.bool, device=dev)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         sc = items.score_range(prep, s, e)
+        ok &= torch.isfinite(sc[:, 1:] if s == 0 else sc).all()
         _mask_chunk(sc, s, e, excl_rows, excl_items)
         ids = torch.arange(s, e, device=dev)
         beats = (sc > t_score[:, None]) | ((sc == t_score[:, None]) & (ids[None, :] < targets[:, None]))
         in_chunk = (targets >= s) & (targets < e)
         beats[arange[in_chunk], targets[in_chunk] - s] = False
         greater += beats.sum(1)
+    _check_ok(ok)
     ranks = greater + 1
     if excl_rows is not None and excl_items is not None and excl_rows.numel():
         filtered = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -105,6 +128,7 @@ def topk(items: ItemEmbedding, h: Tensor, k: int, excl_rows: Tensor | None = Non
     k = min(k, items.n_items)
     tabs = _fast_tables(items, h)
     if tabs is not None:
+        _check_tables(tabs, items.M)
         ptr, ex = _csr(b, excl_rows, excl_items)
         scores, ids = pqtopk.topk(tabs.numpy(), items.codes.numpy(), k, ptr, ex)
         return torch.from_numpy(scores), torch.from_numpy(ids)
@@ -112,9 +136,11 @@ def topk(items: ItemEmbedding, h: Tensor, k: int, excl_rows: Tensor | None = Non
     n = items.n_items + 1
     best_key = torch.full((b, 0), 0, dtype=torch.long, device=dev)
     best_score = torch.empty((b, 0), dtype=torch.float32, device=dev)
+    ok = torch.ones((), dtype=torch.bool, device=dev)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         sc = items.score_range(prep, s, e).float()
+        ok &= torch.isfinite(sc[:, 1:] if s == 0 else sc).all()
         _mask_chunk(sc, s, e, excl_rows, excl_items)
         ids = torch.arange(s, e, device=dev).expand(b, -1)
         key = _sort_key(sc, ids)
@@ -124,5 +150,6 @@ def topk(items: ItemEmbedding, h: Tensor, k: int, excl_rows: Tensor | None = Non
         cand_score = torch.cat([best_score, sc.gather(1, ci)], dim=1)
         top_key, pos = cand_key.topk(min(k, cand_key.shape[1]), dim=1)
         best_key, best_score = top_key, cand_score.gather(1, pos)
+    _check_ok(ok)
     best_ids = 0xFFFFFFFF - (best_key & 0xFFFFFFFF)
     return best_score, best_ids

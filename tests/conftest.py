@@ -62,3 +62,19 @@ def sample_ds(tmp_path_factory: pytest.TempPathFactory, sample_csv: Path) -> Pat
     res = invoke(["prepare", sample_csv, "--out", out, "-q"])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, sample_ds: Path) -> dict[str, Path]:
+    """A 5-step RecJPQ run (d=16, M=4, ksub=16, max_len 10) on sample_ds, its codes and its model file,
+    once per session. Read-only by convention: a test that changes one copies it first."""
+    root = tmp_path_factory.mktemp("trained")
+    codes, run, model = root / "codes.npy", root / "run", root / "model.safetensors"
+    steps = [["assign", sample_ds, "--strategy", "random", "-m", 4, "-b", 16, "--out", codes, "-q"],
+             ["train", sample_ds, "--codes", codes, "--out", run, "--max-steps", 5, "--set", "d=16",
+              "--set", "max_len=10", "--set", "val_users=100", "--device", "cpu", "-q"],
+             ["compress", run, "--data", sample_ds, "--out", model, "-q"]]
+    for args in steps:
+        res = invoke(args)
+        assert res.exit_code == 0, res.output
+    return {"ds": sample_ds, "codes": codes, "run": run, "model": model}

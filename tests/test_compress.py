@@ -176,6 +176,10 @@ def test_bad_input(runs, sample_ds, tmp_path) -> None:
     out.write_text("keep")
     res = invoke(["compress", runs["jpq"], "--out", out, "--data", sample_ds])
     assert res.exit_code == 1 and "--overwrite" in error_line(res) and out.read_text() == "keep"
+    res = invoke(["compress", runs["jpq"], "--out", out, "--data", sample_ds, "--overwrite", "-q"])
+    assert res.exit_code == 1 and "not a recjpq model file" in error_line(res) and out.read_text() == "keep"
+    out.unlink()
+    assert invoke(["compress", runs["jpq"], "--out", out, "--data", sample_ds, "-q"]).exit_code == 0
     assert invoke(["compress", runs["jpq"], "--out", out, "--data", sample_ds, "--overwrite", "-q"]).exit_code == 0
     assert out.stat().st_size > 100
 

@@ -356,7 +356,12 @@ def test_existing_per_user_file_needs_overwrite(runs, sample_ds, tmp_path) -> No
     assert (tmp_path / "u.parquet").read_text() == "keep"
     res = invoke(["evaluate", runs["jpq"], "--data", sample_ds, "--per-user", tmp_path / "u.parquet",
                   "--overwrite", "-q", "--sample-users", "50"])
-    assert res.exit_code == 0 and pl.read_parquet(tmp_path / "u.parquet").height == 50
+    assert res.exit_code == 1 and "not a per-user file" in error_line(res)  # --overwrite replaces only its kind
+    (tmp_path / "u.parquet").unlink()
+    for n in (60, 50):
+        res = invoke(["evaluate", runs["jpq"], "--data", sample_ds, "--per-user", tmp_path / "u.parquet",
+                      "--overwrite", "-q", "--sample-users", n])
+        assert res.exit_code == 0 and pl.read_parquet(tmp_path / "u.parquet").height == n
 
 
 def test_missing_dataset_and_json_folder(runs, sample_ds, tmp_path) -> None:

@@ -353,6 +353,7 @@ def test_json_file_and_stdout(tmp_path, sample_csv):
 def test_overwrite(tmp_path, sample_csv):
     out = tmp_path / "ds"
     write(out / "marker", "old")
+    write(out / "dataset.yaml", "format_version: 1\n")  # a dataset folder (--overwrite replaces no other kind)
     res = invoke(["prepare", sample_csv, "--out", out, "-q"])
     assert res.exit_code == 1 and str(out) in error_line(res) and "--overwrite" in error_line(res)
     assert (out / "marker").exists()

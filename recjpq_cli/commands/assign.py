@@ -45,9 +45,9 @@ def assign(
     from recjpq_cli.stages import assign as stage
     from recjpq_cli.stages.render import assign_table
 
-    with user_errors(json):
-        cfg = stage.AssignConfig(dataset=dataset, out=out, strategy=strategy.value, M=code_length, ksub=centroids,
-                                 seed=seed, epochs=epochs, dim=dim, unique=unique, overwrite=overwrite)
+    cfg = stage.AssignConfig(dataset=dataset, out=out, strategy=strategy.value, M=code_length, ksub=centroids,
+                             seed=seed, epochs=epochs, dim=dim, unique=unique, overwrite=overwrite)
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         with progress(quiet=quiet or strategy is not Strategy.bpr, transient=True) as p:
             task = p.add_task("bpr", total=epochs, info="")
 

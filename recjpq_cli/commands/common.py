@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
@@ -33,15 +34,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def user_errors(json_path: str | None = None) -> Iterator[None]:
+def user_errors(json_path: str | None = None, outputs: tuple[Path | None, ...] = (),
+                inputs: tuple[Path | None, ...] = ()) -> Iterator[None]:
     """Turn the library's typed errors into one ``Error:`` line and exit 1, once, at the CLI boundary.
 
-    A ``--json PATH`` that cannot be written is refused here, before the command does any work.
+    A ``--json PATH`` that cannot be written, or that names one of the command's ``outputs`` or ``inputs``,
+    is refused here, before the command does any work.
     """
     try:
         from recjpq_cli.data.io import check_json_path
 
-        check_json_path(json_path)
+        check_json_path(json_path, outputs, inputs)
         yield
     except RecJPQError as e:
         raise fail(str(e)) from None

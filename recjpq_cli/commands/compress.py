@@ -41,10 +41,11 @@ def compress(
 
     with user_errors(json):
         data = default_data(data, run, checkpoint.value)
-        cfg = stage.CompressConfig(run=run, out=out, data=data, checkpoint=checkpoint.value,
-                                   centroid_dtype=centroid_dtype.value, from_dense=from_dense,
-                                   code_length=code_length, centroids=centroids, kmeans_iters=kmeans_iters,
-                                   seed=seed, overwrite=overwrite)
+    cfg = stage.CompressConfig(run=run, out=out, data=data, checkpoint=checkpoint.value,
+                               centroid_dtype=centroid_dtype.value, from_dense=from_dense,
+                               code_length=code_length, centroids=centroids, kmeans_iters=kmeans_iters,
+                               seed=seed, overwrite=overwrite)
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         if quiet:
             result = stage.run(cfg)
         else:

@@ -71,12 +71,13 @@ def evaluate(
 
     with user_errors(json):
         data = default_data(data, sources[0] if sources else None, checkpoint.value)
-        cfg = stage.EvaluateConfig(
-            sources=tuple(sources or ()), data=data, split=split.value, ks=tuple(ks), filter_seen=filter_seen,
-            checkpoint=checkpoint.value, batch_size=batch_size, device=device.value,
-            baseline=baseline.value if baseline else None, sample_users=sample_users, seed=seed,
-            per_user=per_user, overwrite=overwrite,
-        )
+    cfg = stage.EvaluateConfig(
+        sources=tuple(sources or ()), data=data, split=split.value, ks=tuple(ks), filter_seen=filter_seen,
+        checkpoint=checkpoint.value, batch_size=batch_size, device=device.value,
+        baseline=baseline.value if baseline else None, sample_users=sample_users, seed=seed,
+        per_user=per_user, overwrite=overwrite,
+    )
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         with progress(quiet, transient=True) as p:
             result = stage.run(cfg, p)
         if not quiet:

@@ -41,14 +41,14 @@ def prepare(
     from recjpq_cli.stages import prepare as stage
     from recjpq_cli.stages.render import prepare_table
 
-    with user_errors(json):
-        cfg = stage.PrepareConfig(
-            input=input, out=out, format=format.value if format else None,
-            user_col=user_col, item_col=item_col, time_col=time_col or "timestamp",
-            time_col_given=time_col is not None, min_rating=min_rating,
-            min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
-            overwrite=overwrite,
-        )
+    cfg = stage.PrepareConfig(
+        input=input, out=out, format=format.value if format else None,
+        user_col=user_col, item_col=item_col, time_col=time_col or "timestamp",
+        time_col_given=time_col is not None, min_rating=min_rating,
+        min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
+        overwrite=overwrite,
+    )
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         result = stage.run(cfg)
         if not quiet:
             prepare_table(result)

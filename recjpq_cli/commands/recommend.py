@@ -33,9 +33,10 @@ def recommend(
 
     with user_errors(json):
         data = default_data(data, source, checkpoint.value)
-        cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
-                                    filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
-                                    device=device.value, overwrite=overwrite)
+    cfg = stage.RecommendConfig(source=source, data=data, out=out, k=k, users_file=users,
+                                filter_seen=filter_seen, checkpoint=checkpoint.value, batch_size=batch_size,
+                                device=device.value, overwrite=overwrite)
+    with user_errors(json, cfg.outputs(), cfg.inputs()):
         with progress(quiet, transient=True) as p:
             result = stage.run(cfg, p)
         if not quiet:

@@ -24,7 +24,7 @@ def synth(
     from recjpq_cli.console import console
     from recjpq_cli.stages import synth as stage
 
-    with user_errors(json):
+    with user_errors(json, (out,)):
         with console().status("generating", spinner="dots") if not quiet else _null():
             result = stage.run(stage.SynthConfig(users=users, items=items, interactions=interactions,
                                                  out=out, seed=seed, overwrite=overwrite))

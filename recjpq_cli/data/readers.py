@@ -265,6 +265,11 @@ def _read_booking(path: Path, **_: object) -> RawLog:
     return RawLog(out, has_time=True, explain=_time_explainer(lf, "checkin", 2))
 
 
+def _id_dtype(dtype: pl.DataType) -> bool:
+    """Types an id column may have: integers, (integral) floats, text, categories."""
+    return dtype.is_integer() or dtype.is_float() or dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))
+
+
 def _generic(lf: pl.LazyFrame, path: Path, user_col: str, item_col: str, time_col: str | None,
              time_col_given: bool, first_line: int) -> RawLog:
     schema = lf.collect_schema()
@@ -272,6 +277,9 @@ def _generic(lf: pl.LazyFrame, path: Path, user_col: str, item_col: str, time_co
     for opt, col in (("--user-col", user_col), ("--item-col", item_col)):
         if col not in names:
             raise InputError(f"{path}: no column '{col}' ({opt}); columns are: {', '.join(names)}")
+        if not _id_dtype(schema[col]):
+            raise InputError(f"{path}: id column '{col}' ({opt}) has type {schema[col]}; ids must be integers "
+                             f"or text")
     if time_col and time_col not in names:
         if time_col_given:
             raise InputError(f"{path}: no column '{time_col}' (--time-col); columns are: {', '.join(names)}")

@@ -45,6 +45,12 @@ def read_dataset_meta(ds_dir: Path) -> dict[str, Any]:
     for key in ("n_users", "n_items", "n_interactions", "fingerprint"):
         if key not in meta:
             raise InputError(f"{meta_path}: key '{key}' is missing")
+    for key in ("n_users", "n_items", "n_interactions"):
+        v = meta[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{meta_path}: '{key}' must be a positive integer, got {v!r}; prepare the dataset again")
+    if not isinstance(meta["fingerprint"], str):
+        raise InputError(f"{meta_path}: 'fingerprint' must be text, got {meta['fingerprint']!r}")
     for f in (INTERACTIONS, USERS, ITEMS):
         if not (ds_dir / f).is_file():
             raise InputError(f"{ds_dir}: {f} is missing; prepare the dataset again")
@@ -105,28 +111,59 @@ class Dataset:
         return pl.concat([pl.Series("raw_item", [None], pl.String), s])
 
 
+def dataset_files(ds_dir: Path) -> list[Path]:
+    """The files a dataset folder is made of (what no command may write over)."""
+    return [Path(ds_dir) / f for f in (DATASET_YAML, INTERACTIONS, USERS, ITEMS)]
+
+
+def check_table(path: Path, schema: dict[str, Any], rows: int | None = None) -> None:
+    """A dataset table's columns and types (from the Parquet footer, no data read) and its row count."""
+    try:
+        found = pl.read_parquet_schema(path)
+        n = pl.scan_parquet(path).select(pl.len()).collect().item() if rows is not None else None
+    except Exception as e:  # noqa: BLE001 - any parquet failure is the file's fault
+        raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
+    for col, dtype in schema.items():
+        if col not in found:
+            raise InputError(f"{path}: column '{col}' is missing")
+        if found[col] != dtype and not (dtype == pl.String and found[col] in (pl.Categorical, pl.Utf8)):
+            raise InputError(f"{path}: column '{col}' has type {found[col]}, expected {dtype}")
+    if rows is not None and n != rows:
+        raise InputError(f"{path}: {n} rows, but {DATASET_YAML} says {rows}; prepare the dataset again")
+
+
+def _check_range(path: Path, col: str, a: np.ndarray, lo: int, hi: int, bound: str) -> None:
+    """Every value of column ``col`` in [lo, hi] (vectorised: one min and one max)."""
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        bad = int(a.min()) if int(a.min()) < lo else int(a.max())
+        raise InputError(f"{path}: column '{col}' holds {bad}, outside {lo}..{hi} ({bound} in {DATASET_YAML}); "
+                         f"prepare the dataset again")
+
+
 def load_dataset(ds_dir: Path) -> Dataset:
-    """Read a dataset folder into flat arrays, checking the schema first."""
+    """Read a dataset folder into flat arrays, checking the schema, the id ranges and the order first."""
     ds_dir = Path(ds_dir)
     meta = read_dataset_meta(ds_dir)
     path = ds_dir / INTERACTIONS
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as e:  # noqa: BLE001 - any parquet failure is the file's fault
-        raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
-    for col, dtype in INTERACTIONS_SCHEMA.items():
-        if col not in schema:
-            raise InputError(f"{path}: column '{col}' is missing")
-        if schema[col] != dtype and not (dtype == pl.String and schema[col] in (pl.Categorical, pl.Utf8)):
-            raise InputError(f"{path}: column '{col}' has type {schema[col]}, expected {dtype}")
+    n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+    check_table(path, INTERACTIONS_SCHEMA, int(meta["n_interactions"]))
+    check_table(ds_dir / USERS, USERS_SCHEMA, n_users)
+    check_table(ds_dir / ITEMS, ITEMS_SCHEMA, n_items)
     df = pl.read_parquet(path, columns=["user", "item", "split"])
-    if df.height != int(meta["n_interactions"]):
-        raise InputError(f"{path}: {df.height} rows, but {DATASET_YAML} says {meta['n_interactions']}")
-    split = df.select(
-        pl.col("split").cast(pl.String).replace_strict({"train": 0, "val": 1, "test": 2}, return_dtype=pl.Int8)
-    )["split"].to_numpy()
+    nulls = [c for c in df.columns if df[c].null_count()]
+    if nulls:
+        raise InputError(f"{path}: column '{nulls[0]}' has missing values; prepare the dataset again")
+    try:
+        split = df.select(
+            pl.col("split").cast(pl.String).replace_strict({"train": 0, "val": 1, "test": 2}, return_dtype=pl.Int8)
+        )["split"].to_numpy()
+    except pl.exceptions.PolarsError:
+        raise InputError(f"{path}: column 'split' holds a value other than {', '.join(SPLITS)}") from None
     user = df["user"].to_numpy()
-    n_users = int(meta["n_users"])
+    _check_range(path, "user", user, 0, n_users - 1, "n_users")
+    _check_range(path, "item", df["item"].to_numpy(), 1, n_items, "n_items")
+    if user.size > 1 and bool((user[1:] < user[:-1]).any()):
+        raise InputError(f"{path}: rows are not ordered by user; prepare the dataset again")
     counts = np.bincount(user, minlength=n_users)
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])

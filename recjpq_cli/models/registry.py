@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from recjpq_cli.config import TrainConfig
+from recjpq_cli.config import MODELS, TrainConfig
+from recjpq_cli.errors import InputError
 from recjpq_cli.jpq.embedding import FullEmbedding, JPQEmbedding
 from recjpq_cli.models.bert4rec import BERT4Rec
 from recjpq_cli.models.sasrec import SASRec
@@ -27,9 +29,33 @@ def model_args_from_config(cfg: TrainConfig, n_items: int, codes_shape: tuple[in
     }
 
 
+EMBEDDINGS = ("jpq", "full")
+_POSITIVE = ("n_items", "d", "max_len", "num_blocks", "num_heads", "ffn_dim")
+
+
+def check_model_args(args: Any, where: Path | str = "model arguments") -> None:
+    """The model arguments a checkpoint or model file carries: a known model (config.MODELS) and embedding,
+    positive sizes, and for JPQ a code length M dividing d and 2 <= ksub <= 65,536. Errors name ``where``."""
+    if not isinstance(args, dict):
+        raise InputError(f"{where}: model arguments are not a mapping")
+    if args.get("model") not in MODELS:
+        raise InputError(f"{where}: unknown model {args.get('model')!r} (known: {', '.join(MODELS)})")
+    if args.get("embedding") not in EMBEDDINGS:
+        raise InputError(f"{where}: unknown embedding {args.get('embedding')!r} (known: {', '.join(EMBEDDINGS)})")
+    jpq = ("M", "ksub") if args["embedding"] == "jpq" else ()
+    for key in _POSITIVE + jpq:
+        v = args.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{where}: model argument '{key}' must be a positive integer, got {v!r}")
+    if jpq and (args["d"] % args["M"] or not 2 <= args["ksub"] <= 65_536):
+        raise InputError(f"{where}: model arguments d={args['d']}, M={args['M']}, ksub={args['ksub']} are "
+                         f"impossible (M must divide d, 2 <= ksub <= 65,536)")
+
+
 def build_model(args: dict[str, Any], codes: torch.Tensor | None = None) -> nn.Module:
     """A fresh model. For JPQ without ``codes`` a zero codes buffer of the right shape is made
     (load_state_dict then fills it from a checkpoint)."""
+    check_model_args(args)
     extra = 1 if args["model"] == "bert4rec" else 0
     d, n = args["d"], args["n_items"]
     if args["embedding"] == "jpq":

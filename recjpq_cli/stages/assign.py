@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from recjpq_cli.data import kinds
 from recjpq_cli.data.codes import centroids_path, codes_dtype, save_codes, sidecar_path
-from recjpq_cli.data.io import check_output
-from recjpq_cli.data.schema import CODES_FORMAT_VERSION, load_dataset, read_dataset_meta
+from recjpq_cli.data.io import check_not_input, check_output
+from recjpq_cli.data.schema import CODES_FORMAT_VERSION, dataset_files, load_dataset, read_dataset_meta
 from recjpq_cli.errors import ConfigError
 from recjpq_cli.jpq.assignment import (
     STRATEGIES,
@@ -38,6 +39,13 @@ class AssignConfig:
     dim: int = 512  # svd-kmeans: SVD components = the training d
     unique: bool = True
     overwrite: bool = False
+
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.dataset, *dataset_files(self.dataset))
+
+    def outputs(self) -> tuple[Path, ...]:
+        svd_kmeans = (centroids_path(self.out),) if self.strategy == "svd-kmeans" else ()
+        return (self.out, sidecar_path(self.out), *svd_kmeans)
 
 
 @dataclass
@@ -101,10 +109,12 @@ def run(cfg: AssignConfig, on_epoch: ProgressFn | None = None) -> AssignResult:
     n_items = int(meta["n_items"])
     check_fits(cfg, n_items)
     out, side = Path(cfg.out), sidecar_path(cfg.out)
-    check_output(out, cfg.overwrite, "codes file")
-    check_output(side, cfg.overwrite, "codes sidecar")
+    check_output(out, cfg.overwrite, "codes file", (kinds.NPY,))
+    check_output(side, cfg.overwrite, "codes sidecar", (kinds.CODES_SIDECAR,))
     if cfg.strategy == "svd-kmeans":
-        check_output(centroids_path(out), cfg.overwrite, "initial centroids file")
+        check_output(centroids_path(out), cfg.overwrite, "initial centroids file", (kinds.NPY,))
+    for o in cfg.outputs():
+        check_not_input(o, list(cfg.inputs()))
 
     strategy = get_strategy(cfg.strategy, epochs=cfg.epochs, dim=cfg.dim, on_epoch=on_epoch)
     if strategy.uses_interactions:

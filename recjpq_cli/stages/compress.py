@@ -20,12 +20,14 @@ from recjpq_cli.artifact import (
     CENTROID_DTYPES,
     CHECKPOINTS,
     CODES_DTYPES,
+    check_state,
     codes_dtype_name,
     model_size,
     write_artifact,
 )
-from recjpq_cli.data.io import check_output
-from recjpq_cli.data.schema import ITEMS, USERS, read_dataset_meta
+from recjpq_cli.data import kinds
+from recjpq_cli.data.io import check_not_input, check_output
+from recjpq_cli.data.schema import ITEMS, USERS, dataset_files, read_dataset_meta
 from recjpq_cli.errors import ConfigError, InputError
 
 MAX_KSUB = 65_536
@@ -44,6 +46,14 @@ class CompressConfig:
     kmeans_iters: int = 20
     seed: int = 0
     overwrite: bool = False
+
+
+    def inputs(self) -> tuple[Path, ...]:
+        data = dataset_files(self.data) if self.data is not None else []
+        return (self.run, self.run / f"{self.checkpoint}.pt", *data)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.out,)
 
 
 @dataclass
@@ -130,7 +140,8 @@ def run(cfg: CompressConfig) -> CompressResult:
         raise InputError(f"{cfg.run}: not a run folder (compress reads RUN_DIR/{cfg.checkpoint}.pt)")
     if cfg.out.is_dir():
         raise InputError(f"{cfg.out}: is a folder; --out takes the model file to write")
-    check_output(cfg.out, cfg.overwrite, "model file")
+    check_not_input(cfg.out, list(cfg.inputs()))
+    check_output(cfg.out, cfg.overwrite, "model file", (kinds.MODEL,))
     ckpt_path = cfg.run / f"{cfg.checkpoint}.pt"
     if not ckpt_path.is_file():
         raise InputError(f"{cfg.run}: {ckpt_path.name} not found (a run folder written by `recjpq train`)")
@@ -140,6 +151,7 @@ def run(cfg: CompressConfig) -> CompressResult:
         raise InputError(f"{cfg.run} was trained on another dataset (fingerprint {str(ckpt['dataset_fingerprint'])[:12]}…) "
                          f"than {cfg.data} (fingerprint {str(meta['fingerprint'])[:12]}…); use the dataset it was trained on")
     raw_items, raw_users = _id_maps(cfg.data, meta)
+    check_state(ckpt["state_dict"], ckpt["model_args"], ckpt_path)
     args = dict(ckpt["model_args"])
     model = model_from_checkpoint(ckpt, ckpt_path)
     err: dict[str, float] = {}

@@ -17,10 +17,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from recjpq_cli.data import sequences
-from recjpq_cli.data.io import atomic_file, check_output
-from recjpq_cli.data.schema import Dataset, load_dataset
-from recjpq_cli.errors import ConfigError
+from recjpq_cli.data import kinds, sequences
+from recjpq_cli.data.io import atomic_file, check_not_input, check_output
+from recjpq_cli.data.schema import Dataset, dataset_files, load_dataset
+from recjpq_cli.errors import ConfigError, InputError, NonFiniteError
 from recjpq_cli.metrics import LONG_TAIL_THRESHOLD, ndcg_at_k, per_user, summarise
 
 DEFAULT_KS = (1, 5, 10, 20, 100)
@@ -44,6 +44,17 @@ class EvaluateConfig:
     seed: int = 0
     per_user: Path | None = None
     overwrite: bool = False
+
+
+    def inputs(self) -> tuple[Path, ...]:
+        from recjpq_cli.artifact import model_inputs
+
+        models = [p for s in self.sources for p in model_inputs(s, self.checkpoint)]
+        data = dataset_files(self.data) if self.data is not None else []
+        return (*models, *data)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.per_user,) if self.per_user is not None else ()
 
 
 @dataclass
@@ -218,7 +229,8 @@ def run(cfg: EvaluateConfig, progress: Any = None) -> EvaluateResult:
     if not cfg.sources and cfg.baseline is None:
         raise ConfigError("nothing to evaluate: give a run folder or model file, or --baseline popularity")
     if cfg.per_user is not None:
-        check_output(cfg.per_user, cfg.overwrite, "per-user file")
+        check_not_input(cfg.per_user, list(cfg.inputs()), "--per-user")
+        check_output(cfg.per_user, cfg.overwrite, "per-user file", (kinds.PER_USER,))
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.data)
     users_total = len(sequences.eval_targets(ds, cfg.split)[0])
@@ -248,8 +260,11 @@ def run(cfg: EvaluateConfig, progress: Any = None) -> EvaluateResult:
 
     for lm, name in zip(loaded, names, strict=True):
         t1 = time.perf_counter()
-        ranks = model_ranks(lm.model, int(lm.model_args["max_len"]), ds, users, pos, cfg.filter_seen,
-                            cfg.batch_size, device, _advancer(progress, f"evaluating {name}", len(users)))
+        try:
+            ranks = model_ranks(lm.model, int(lm.model_args["max_len"]), ds, users, pos, cfg.filter_seen,
+                                cfg.batch_size, device, _advancer(progress, f"evaluating {name}", len(users)))
+        except NonFiniteError as e:
+            raise InputError(f"{lm.file}: {e}") from None
         finish(name, str(lm.source), lm.kind, ranks, lm.size, time.perf_counter() - t1)
     if cfg.baseline == POPULARITY:
         t1 = time.perf_counter()

@@ -18,9 +18,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recjpq_cli.data import readers
-from recjpq_cli.data.io import atomic_dir, check_output, sha256_file, write_yaml
-from recjpq_cli.data.schema import DATASET_FORMAT_VERSION, DATASET_YAML, INTERACTIONS, ITEMS, SPLITS, USERS
+from recjpq_cli.data import kinds, readers
+from recjpq_cli.data.io import atomic_dir, check_not_cwd, check_output, sha256_file, write_yaml
+from recjpq_cli.data.schema import (
+    DATASET_FORMAT_VERSION,
+    DATASET_YAML,
+    INTERACTIONS,
+    ITEMS,
+    SPLITS,
+    USERS,
+    dataset_files,
+)
 from recjpq_cli.errors import ConfigError, InputError
 
 LONG_TAIL_THRESHOLD = 5
@@ -39,6 +47,12 @@ class PrepareConfig:
     min_user_interactions: int = 5
     min_item_interactions: int = 0
     overwrite: bool = False
+
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.input,)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.out, *dataset_files(self.out))
 
     def options(self) -> dict[str, Any]:
         """The options that shape the dataset (they enter its fingerprint)."""
@@ -72,12 +86,16 @@ def _check(cfg: PrepareConfig) -> None:
     """Settings and paths, before any reading."""
     if cfg.min_user_interactions < 1 or cfg.min_item_interactions < 0:
         raise ConfigError("--min-user-interactions must be >= 1 and --min-item-interactions >= 0")
+    if cfg.user_col == cfg.item_col:
+        raise ConfigError(f"--user-col and --item-col both name the column '{cfg.user_col}'; "
+                          f"users and items need a column each")
     readers.check_input_file(cfg.input)
     src, out = cfg.input.resolve(), cfg.out.resolve()
     if src == out or out in src.parents:
         raise ConfigError(f"{cfg.out}: the dataset folder would replace the input {cfg.input}; "
                           f"choose another --out")
-    check_output(cfg.out, cfg.overwrite, "dataset")
+    check_output(cfg.out, cfg.overwrite, "dataset", (kinds.DATASET,))
+    check_not_cwd(out)
 
 
 def _load(cfg: PrepareConfig, fmt: str) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -355,7 +373,7 @@ def _write(cfg: PrepareConfig, fmt: str, detected: bool, log: _Log, dropped: dic
         "options": options,
         "stats": stats,
     }
-    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_dir(cfg.out, cfg.overwrite, (kinds.DATASET,)) as tmp:
         interactions.write_parquet(tmp / INTERACTIONS, compression="zstd", compression_level=1, statistics=False)
         users.write_parquet(tmp / USERS)
         items.write_parquet(tmp / ITEMS)

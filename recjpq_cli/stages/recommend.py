@@ -16,10 +16,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from recjpq_cli.data import sequences
-from recjpq_cli.data.io import atomic_file, check_output
-from recjpq_cli.data.schema import Dataset, load_dataset
-from recjpq_cli.errors import ConfigError, InputError
+from recjpq_cli.data import kinds, sequences
+from recjpq_cli.data.io import atomic_file, check_not_input, check_output
+from recjpq_cli.data.schema import Dataset, dataset_files, load_dataset
+from recjpq_cli.errors import ConfigError, InputError, NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ class RecommendConfig:
     batch_size: int = 256
     device: str = "auto"
     overwrite: bool = False
+
+
+    def inputs(self) -> tuple[Path, ...]:
+        from recjpq_cli.artifact import model_inputs
+
+        users = (self.users_file,) if self.users_file is not None else ()
+        data = dataset_files(self.data) if self.data is not None else []
+        return (*model_inputs(self.source, self.checkpoint), *data, *users)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.out,)
 
 
 @dataclass
@@ -59,8 +70,10 @@ def read_users(path: Path, ds: Dataset) -> np.ndarray:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the users file ({type(e).__name__})") from None
-    wanted = pl.DataFrame({"raw_user": [ln.strip() for ln in lines], "line": np.arange(1, len(lines) + 1)})
-    wanted = wanted.filter(pl.col("raw_user") != "").unique("raw_user", keep="first", maintain_order=True)
+    # ids exactly as written (raw ids keep their spaces); lines of only white space are skipped
+    wanted = pl.DataFrame({"raw_user": lines, "line": np.arange(1, len(lines) + 1)})
+    wanted = wanted.filter(pl.col("raw_user").str.strip_chars() != "")
+    wanted = wanted.unique("raw_user", keep="first", maintain_order=True)
     if wanted.height == 0:
         raise InputError(f"{path}: no user ids in the file (one raw user id a line)")
     known = ds.raw_users().to_frame().with_row_index("user")
@@ -108,13 +121,20 @@ def run(cfg: RecommendConfig, progress: Any = None) -> RecommendResult:
         raise ConfigError(f"--k must be at least 1, got {cfg.k}")
     if cfg.out.is_dir():
         raise InputError(f"{cfg.out}: is a folder; --out takes the Parquet file to write")
-    check_output(cfg.out, cfg.overwrite, "recommendations file")
+    check_not_input(cfg.out, list(cfg.inputs()))
+    check_output(cfg.out, cfg.overwrite, "recommendations file", (kinds.RECOMMENDATIONS,))
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.data)
+    if cfg.k > ds.n_items:
+        raise ConfigError(f"--k {cfg.k:,} is more than the {ds.n_items:,} items of {cfg.data}; "
+                          f"use --k {ds.n_items} or fewer")
     users = read_users(cfg.users_file, ds) if cfg.users_file is not None else np.arange(ds.n_users, dtype=np.int64)
     lm = load_model(cfg.source, checkpoint=cfg.checkpoint, data=cfg.data, fingerprint=ds.fingerprint, device=device)
-    ids, scores = recommend_ids(lm.model, int(lm.model_args["max_len"]), ds, users, cfg.k, cfg.filter_seen,
-                                cfg.batch_size, device, progress)
+    try:
+        ids, scores = recommend_ids(lm.model, int(lm.model_args["max_len"]), ds, users, cfg.k, cfg.filter_seen,
+                                    cfg.batch_size, device, progress)
+    except NonFiniteError as e:
+        raise InputError(f"{lm.file}: {e}") from None
     k = ids.shape[1]
     keep = np.isfinite(scores).ravel()  # only when fewer than k unseen items exist
     raw_items = lm.raw_items if lm.raw_items is not None else ds.raw_items()
