@@ -152,7 +152,10 @@ def test_a_second_writer_is_refused_while_a_run_trains(ds_codes, tmp_path) -> No
             res = invoke(args)
             assert res.exit_code == 1, res.output
             assert "in use by another recjpq process" in error_line(res) and f"pid {proc.pid}" in res.stderr
+        res = invoke(["compress", run, "--data", ds, "--out", run / "model.safetensors"])  # into the run
+        assert res.exit_code == 1 and "in use by another recjpq process" in error_line(res)
         assert (run / "config.yaml").read_bytes() == config  # the first run's folder is the first run's alone
+        assert not (run / "model.safetensors").exists()
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -161,6 +164,16 @@ def test_a_second_writer_is_refused_while_a_run_trains(ds_codes, tmp_path) -> No
     last = torch.load(run / "last.pt", weights_only=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == last["step"] and len({r["step"] for r in rows}) == len(rows)
+
+
+def test_json_may_not_name_a_file_of_the_run(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    run = tmp_path / "run"
+    assert invoke(_train(ds, codes, run, "--max-steps", 1)).exit_code == 0
+    before = _snapshot(run)
+    res = invoke(["train", ds, "--out", run, "--resume", "--max-steps", 2, "--json", run / "metrics.jsonl"])
+    assert res.exit_code == 1 and "--json and --out" in error_line(res)
+    assert _snapshot(run) == before
 
 
 def test_a_lock_left_by_a_dead_process_is_not_held(ds_codes, tmp_path) -> None:

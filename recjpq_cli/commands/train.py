@@ -78,11 +78,14 @@ def train(
     json: JsonOpt = None,
 ) -> None:
     """Train a sequential recommender; validates each epoch and keeps best.pt and last.pt."""
+    from recjpq_cli import runfolder
     from recjpq_cli.config import parse_set
     from recjpq_cli.stages import train as stage
     from recjpq_cli.stages.render import train_table
 
-    with user_errors(json):
+    run_files = (out, *(out / name for name in (runfolder.CONFIG, runfolder.METRICS, runfolder.LAST,
+                                                runfolder.BEST, runfolder.LOCK)))
+    with user_errors(json, run_files, (dataset, codes, config)):
         req = stage.TrainRequest(
             dataset=dataset, out=out, codes=codes, embedding=embedding.value if embedding else None,
             model=model.value if model else None, config_file=config, overrides=parse_set(set_ or []),

@@ -57,6 +57,9 @@ def check_output(path: Path, overwrite: bool, what: str = "output", kinds: tuple
         raise InputError(f"{path.parent}: folder for the {what} does not exist")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: is not a folder, so it cannot hold the {what}")
+    from recjpq_cli.runfolder import refuse_if_busy
+
+    refuse_if_busy(path)  # never write into a run folder that a training process holds
 
 
 def check_not_input(out: Path, inputs: list[Path | None], what: str = "--out") -> None:
