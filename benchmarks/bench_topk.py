@@ -113,6 +113,7 @@ def ms(xs: list) -> tuple[float, float]:
     return 1000 * statistics.median(xs), 1000 * float(np.percentile(xs, 95))
 
 
+@torch.no_grad()
 def bench_set(name: str, model, h: torch.Tensor, seen: list, args: argparse.Namespace) -> dict:
     items = model.items
     k = args.k

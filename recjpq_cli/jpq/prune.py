@@ -43,24 +43,29 @@ if pqtopk.numba is not None:
     from recjpq_cli.jpq.pqtopk import INT64_MIN, _contains, _key, _sift_down, _sum
 
     @njit(nogil=True, cache=True)
-    def _heads(tab, order, ptr, pos, m, ksub):
-        """Advance split m's cursor past empty lists; its head score (-inf when the split is exhausted)."""
-        p = pos[m]
-        while p < ksub and ptr[m, order[m, p] + 1] == ptr[m, order[m, p]]:
-            p += 1
-        pos[m] = p
-        return tab[m * ksub + order[m, p]] if p < ksub else -np.inf
+    def _scan(tab, ptr, done, m, ksub, head_c, head, nxt):
+        """Split m's best and second-best unvisited, non-empty sub-ids (head_c[m] = -1: split exhausted).
+
+        A linear pass over ksub scores per visited list: cheaper than sorting every split for each user."""
+        best_c, best, second = -1, -np.inf, -np.inf
+        base = m * ksub
+        for c in range(ksub):
+            if done[m, c] or ptr[m, c + 1] == ptr[m, c]:
+                continue
+            v = tab[base + c]
+            if best_c < 0 or v > best:
+                second = best if best_c >= 0 else second
+                best_c, best = c, v
+            elif v > second:
+                second = v
+        head_c[m], head[m], nxt[m] = best_c, best, second
 
     @njit(nogil=True, cache=True)
-    def _pick(tab, order, ptr, pos, head, m_splits, ksub):
-        """The split whose head, once visited, lowers the bound most (the next non-empty sub-id's score)."""
+    def _pick(head, nxt, m_splits):
+        """The split whose head, once visited, lowers the bound most (to its second-best sub-id's score)."""
         best, best_drop = 0, -1.0
         for m in range(m_splits):
-            p = pos[m] + 1
-            while p < ksub and ptr[m, order[m, p] + 1] == ptr[m, order[m, p]]:
-                p += 1
-            nxt = tab[m * ksub + order[m, p]] if p < ksub else -np.inf
-            drop = np.inf if nxt == -np.inf else head[m] - nxt
+            drop = np.inf if nxt[m] == -np.inf else head[m] - nxt[m]
             if drop > best_drop:
                 best, best_drop = m, drop
         return best
@@ -107,20 +112,18 @@ if pqtopk.numba is not None:
         """The pruned search for one user: a min-heap of the k best keys (INT64_MIN where empty)."""
         n1, m_splits = codes.shape
         ksub = tab.shape[0] // m_splits
-        order = np.empty((m_splits, ksub), dtype=np.int64)
-        for m in range(m_splits):
-            order[m] = np.argsort(-tab[m * ksub:(m + 1) * ksub])
         done = np.zeros((m_splits, ksub), dtype=np.bool_)
-        pos = np.zeros(m_splits, dtype=np.int64)
+        head_c = np.empty(m_splits, dtype=np.int64)
         head = np.empty(m_splits, dtype=np.float32)
+        nxt = np.empty(m_splits, dtype=np.float32)
         for m in range(m_splits):
-            head[m] = _heads(tab, order, ptr, pos, m, ksub)
+            _scan(tab, ptr, done, m, ksub, head_c, head, nxt)
         heap = np.full(k, INT64_MIN, dtype=np.int64)
         thr = -np.inf
         touched = 0
         while True:
-            m = _pick(tab, order, ptr, pos, head, m_splits, ksub)
-            c = order[m, pos[m]]
+            m = _pick(head, nxt, m_splits)
+            c = head_c[m]
             pc = post_codes[m]
             for j in range(ptr[m, c], ptr[m, c + 1]):
                 s = _sum(tab, pc, j, m_splits, ksub, fast)
@@ -135,9 +138,8 @@ if pqtopk.numba is not None:
                     thr = _sum(tab, codes, 0xFFFFFFFF - (heap[0] & 0xFFFFFFFF), m_splits, ksub, fast)
             touched += ptr[m, c + 1] - ptr[m, c]
             done[m, c] = True
-            pos[m] += 1
-            head[m] = _heads(tab, order, ptr, pos, m, ksub)
-            if pos[m] == ksub:  # every item has a sub-id in this split: all scored
+            _scan(tab, ptr, done, m, ksub, head_c, head, nxt)
+            if head_c[m] < 0:  # every item has a sub-id in this split: all scored
                 break
             if heap[0] != INT64_MIN and thr > _bound(head, m_splits):
                 break
@@ -233,7 +235,7 @@ def search(tabs: np.ndarray, codes: np.ndarray, index: PruneIndex, k: int, ex_pt
     scores = np.empty((b, k), dtype=np.float32)
     touched = np.empty(b, dtype=np.int64)
     budget = int(FALLBACK_SHARE * (codes.shape[0] - 1))
-    fn = _topk_parallel if pqtopk._parallel(b) else _topk_serial
+    fn = _topk_parallel if b > 1 and pqtopk._parallel(b) else _topk_serial  # b > 1: no thread-pool query
     fn(np.ascontiguousarray(tabs), codes, index.ids, index.codes, index.ptr, k, ex_ptr, ex_items, ids, scores,
        touched, pqtopk._fast(tabs, codes), budget)
     return scores, ids, touched
