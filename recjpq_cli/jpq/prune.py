@@ -20,8 +20,8 @@ a search has touched more than ``FALLBACK_SHARE`` x n_items list entries (flat s
 ties), it finishes with one exhaustive pass over the codes from its current heap, so a degenerate query costs
 about ``1 + FALLBACK_SHARE`` PQTopK passes, not up to M.
 
-``topk`` is the entry point: it picks this kernel when :func:`worthwhile` (a catalogue size rule) and PQTopK
-otherwise.
+``retrieval.topk`` is the entry point for callers: it takes this kernel when :func:`worthwhile` (a catalogue
+size rule) and ``ranking.topk`` (PQTopK) otherwise.
 """
 
 from __future__ import annotations
@@ -240,11 +240,3 @@ def search(tabs: np.ndarray, codes: np.ndarray, index: PruneIndex, k: int, ex_pt
        touched, pqtopk._fast(tabs, codes), budget)
     return scores, ids, touched
 
-
-def topk(tabs: np.ndarray, codes: np.ndarray, k: int, ex_ptr: np.ndarray, ex_items: np.ndarray,
-         index: PruneIndex | None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k per row as ``pqtopk.topk``: pruned when an index is given and the catalogue is worth it."""
-    if index is None or not worthwhile(codes.shape[0] - 1):
-        return pqtopk.topk(tabs, codes, k, ex_ptr, ex_items)
-    scores, ids, _ = search(tabs, codes, index, k, ex_ptr, ex_items)
-    return scores, ids
