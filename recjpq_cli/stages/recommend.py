@@ -1,8 +1,8 @@
 """``recommend``: top-k next items per user from a run or a model file, written as Parquet.
 
 The input of each user is the whole known sequence (training, validation and test items); seen items are
-filtered out of the ranking by default. Scoring is the same chunked top-k as evaluation (PQTopK for JPQ on
-the CPU). Columns: ``user`` (raw id), ``rank`` (1..k), ``item`` (raw id), ``score``.
+filtered out of the ranking by default. Scoring is ``retrieval.topk``: the lists of evaluation's top-k, by the
+pruned search of ``jpq/prune.py`` for large JPQ catalogues on the CPU, else PQTopK or the chunked torch path. Columns: ``user`` (raw id), ``rank`` (1..k), ``item`` (raw id), ``score``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def recommend_ids(model: torch.nn.Module, max_len: int, ds: Dataset, users: np.n
                   filter_seen: bool, batch_size: int, device: torch.device,
                   progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(B, k) item ids and scores per user, best first; -inf marks slots with no item left to recommend."""
-    from recjpq_cli.ranking import topk
+    from recjpq_cli.retrieval import topk  # pruned top-k on large JPQ catalogues, else ranking.topk
 
     k = min(k, ds.n_items)
     ids = np.empty((len(users), k), dtype=np.int64)
