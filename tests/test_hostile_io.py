@@ -42,6 +42,20 @@ def test_prepare_overwrite_replaces_a_dataset_folder(sample_csv, sample_ds, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_synth_overwrite_replaces_only_a_synthetic_log(tmp_path, suffix) -> None:
+    small = ["synth", "--users", 10, "--items", 10, "--interactions", 50, "-q"]
+    victim = tmp_path / f"thesis{suffix}"
+    victim.write_text("user,item\nmy,data\n")
+    refused([*small, "--out", victim, "--overwrite"], tmp_path, words=(str(victim), "--overwrite replaces only"))
+    log = tmp_path / f"log{suffix}"
+    assert invoke([*small, "--out", log]).exit_code == 0
+    before = log.read_bytes()
+    res = invoke([*small, "--seed", 1, "--out", log, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert log.read_bytes() != before  # a log synth wrote is replaced
+
+
 @pytest.mark.parametrize("cmd", ["assign", "compress", "recommend", "evaluate"])
 def test_overwrite_replaces_only_the_commands_own_kind(trained, tmp_path, cmd) -> None:
     """Each file output with --overwrite over another kind of file: a text file, a raw Parquet log."""

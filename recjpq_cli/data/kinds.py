@@ -23,6 +23,7 @@ CODES_SIDECAR = "a codes sidecar"
 RECOMMENDATIONS = "a recommendations file"
 PER_USER = "a per-user file"
 PARQUET = "a Parquet file"
+SYNTH_LOG = "a synthetic interaction log"
 EMPTY = "an empty file"
 OTHER = "a file of another kind"
 MISSING = "nothing"
@@ -33,6 +34,7 @@ PARQUET_MAGIC = b"PAR1"
 MODEL_FORMAT = "recjpq-model"  # the ``format`` metadata of a model file (artifact.FORMAT)
 RECOMMENDATION_COLUMNS = ("user", "rank", "item", "score")
 PER_USER_COLUMNS = ("user", "target", "rank", "long_tail")
+SYNTH_COLUMNS = ("user_id", "item_id", "timestamp")  # what `recjpq synth` writes (csv, tsv or Parquet)
 SIDECAR_MARKERS = ("format_version", "strategy", "M", "ksub", "dataset_fingerprint")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _MAX_YAML = 1024 * 1024
@@ -82,6 +84,8 @@ def _parquet_kind(path: Path) -> str:
         return RECOMMENDATIONS
     if names[:len(PER_USER_COLUMNS)] == PER_USER_COLUMNS:
         return PER_USER
+    if names == SYNTH_COLUMNS:
+        return SYNTH_LOG
     return PARQUET
 
 
@@ -114,12 +118,16 @@ def file_kind(path: Path) -> str:
     meta = safetensors_metadata(path)
     if meta is not None:
         return MODEL if meta.get("format") == MODEL_FORMAT else SAFETENSORS
+    first = _head(path, 64).split(b"\n", 1)[0].rstrip(b"\r")
+    if first in (",".join(SYNTH_COLUMNS).encode(), "\t".join(SYNTH_COLUMNS).encode()):
+        return SYNTH_LOG
     return _yaml_kind(path)
 
 
 def kind_of(path: Path) -> str:
     """What ``path`` holds: a folder kind (by its marker file), a file kind (by content), or MISSING."""
     from recjpq_cli.data.schema import DATASET_YAML
+    from recjpq_cli.runfolder import CONFIG
 
     path = Path(path)
     if not path.exists():
@@ -127,7 +135,7 @@ def kind_of(path: Path) -> str:
     if path.is_dir():
         if (path / DATASET_YAML).is_file():
             return DATASET
-        if (path / "config.yaml").is_file():
+        if (path / CONFIG).is_file():
             return RUN
         return FOLDER
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recjpq_cli.data import kinds
 from recjpq_cli.data.io import atomic_file, check_output
 from recjpq_cli.errors import ConfigError
 
@@ -175,7 +176,7 @@ def run(cfg: SynthConfig) -> SynthResult:
     suffix = cfg.out.suffix.lower()
     if suffix not in (".csv", ".tsv", ".parquet"):
         raise ConfigError(f"{cfg.out}: output must end in .csv, .tsv or .parquet")
-    check_output(cfg.out, cfg.overwrite, "output file")
+    check_output(cfg.out, cfg.overwrite, "output file", kinds=(kinds.SYNTH_LOG,))
     df = generate(cfg)
     with atomic_file(cfg.out) as tmp:
         if suffix == ".parquet":
