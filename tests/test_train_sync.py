@@ -1,0 +1,61 @@
+"""The training loop waits on the device only once per progress update (issue 20).
+
+Every host read of a tensor (``item``, ``cpu``, ``tolist``, ``numpy``, ``float``, ``int``, ``bool``) made by
+our code while a step runs is counted, on the CPU; torch's own internals (Adam's step counter) are not ours
+and are not counted. With ``log_every`` L, S steps must make exactly S / L reads.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from conftest import invoke
+
+READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
+TINY = ["--set", "d=16", "--set", "max_len=20", "--set", "val_users=50", "--set", "num_heads=1", "--device", "cpu",
+        "--set", "steps_per_epoch=1000", "-q"]  # no epoch ends: only the steps and the final validation
+
+
+def _inside_a_step() -> bool:
+    f = sys._getframe(2)
+    ours = f.f_globals.get("__name__", "").startswith("recjpq_cli")
+    while f is not None:
+        if f.f_code.co_name == "_one_step":
+            return ours
+        f = f.f_back
+    return False
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    for name in READS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _orig=orig, _name=name, **k):
+            if _inside_a_step():
+                seen.append(_name)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory, sample_ds):
+    out = tmp_path_factory.mktemp("sync") / "codes.npy"
+    assert invoke(["assign", sample_ds, "--strategy", "random", "-m", "4", "-b", "64", "--out", out, "-q"]).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("model,emb,log_every", [("sasrec", "jpq", 10), ("sasrec", "jpq", 5), ("gsasrec", "jpq", 10),
+                                                 ("bert4rec", "jpq", 10), ("sasrec", "full", 10)])
+def test_one_host_read_per_progress_update(sample_ds, codes, tmp_path, reads, model, emb, log_every) -> None:
+    src = ["--codes", codes] if emb == "jpq" else ["--embedding", "full"]
+    extra = ["--set", "negatives=16"] if model == "gsasrec" else []
+    res = invoke(["train", sample_ds, *src, "--model", model, "--out", tmp_path / "r", "--max-steps", 30,
+                  "--set", f"log_every={log_every}", *TINY, *extra])
+    assert res.exit_code == 0, res.output
+    assert len(reads) == 30 // log_every, reads
