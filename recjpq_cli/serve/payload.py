@@ -43,10 +43,13 @@ def json_type(x: Any) -> str:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON: UTF-8 text only (JSON on the network is UTF-8; no guessing of UTF-16)."""
     try:
-        return json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError(400, "body: not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RequestError(400, f"body: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:
