@@ -30,6 +30,7 @@ import os
 import queue
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -236,9 +237,12 @@ def main() -> int:
     ap.add_argument("--servers", default=",".join(SERVERS), help="which of: " + ", ".join(SERVERS))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--build-only", action="store_true", help="make the cached model and stop")
+    ap.add_argument("--model", type=Path, default=None, help="serve this model file instead (with --data)")
+    ap.add_argument("--data", type=Path, default=None, help="the dataset folder of --model")
     a = ap.parse_args()
 
-    model, ds = build(a.work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # finally: stops the server
+    model, ds = (a.model, a.data) if a.model is not None and a.data is not None else build(a.work)
     if a.build_only:
         return 0
     reqs = bodies(ds, 2000, seed=0)

@@ -114,7 +114,10 @@ def create_app(cfg: ServeConfig, *, on_ready: Callable[[Engine, float], None] | 
                 if on_fatal is not None:
                     on_fatal(e)
                 return
-            loop.call_soon_threadsafe(loaded, engine, time.perf_counter() - t0)
+            try:
+                loop.call_soon_threadsafe(loaded, engine, time.perf_counter() - t0)
+            except RuntimeError:  # the server stopped (SIGTERM) while the model was loading
+                pass
 
         threading.Thread(target=work, name="recjpq-serve-load", daemon=True).start()
         yield

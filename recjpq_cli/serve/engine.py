@@ -23,6 +23,11 @@ from recjpq_cli.data import sequences
 from recjpq_cli.errors import InputError
 
 CHUNK = 256  # queries encoded and ranked at once: bounds activations (B x max_len x d) whatever a batch holds
+# The transformer of a small batch runs on one thread: a second OpenMP thread waits for a core at every small
+# op (one tiny layer: 2.4 ms on one thread against 50-84 ms on two, on the shared 2-core machine). The top-k
+# kernel still spreads a batch's users over every core (numba). Set in the thread that ranks (OpenMP's thread
+# count is per thread).
+TORCH_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ class Engine:
 
     def answer(self, queries: list[Query]) -> list[Answer]:
         """One answer per query, in order; histories are encoded together, CHUNK queries at a time."""
+        if torch.get_num_threads() != TORCH_THREADS:
+            torch.set_num_threads(TORCH_THREADS)
         out: list[Answer] = []
         for s in range(0, len(queries), CHUNK):
             out += self._answer_chunk(queries[s:s + CHUNK])
