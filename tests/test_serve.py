@@ -218,6 +218,7 @@ def _bad_requests(n_items: int) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/recommend/batch", {}, 422, "requests: missing"),
         ("POST", "/recommend/batch", {"requests": {}}, 422, "requests: must be an array"),
         ("POST", "/recommend/batch", {"requests": []}, 422, "requests: is empty"),
+        ("POST", "/recommend/batch", {"requests": [{"history": h}] * 1001}, 422, "requests: 1,001 requests; at most"),
         ("POST", "/recommend/batch", {"requests": [{"history": h}, 7]}, 422, "requests[1]: must be a JSON object"),
         ("POST", "/recommend/batch", {"requests": [{"history": h}, {"history": h, "k": -1}]}, 422,
          "requests[1].k: must be between"),

@@ -7,7 +7,6 @@ client mistakes are 4xx and never stop the server.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -52,12 +51,15 @@ async def read_body(request: Request) -> bytes:
     if declared.isdigit() and int(declared) > DRAIN_LIMIT:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > DRAIN_LIMIT:
-            raise too_big
-        if size <= MAX_BODY:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN_LIMIT:
+                raise too_big
+            if size <= MAX_BODY:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "body: the client went away before sending all of it") from None
     if size > MAX_BODY:
         raise too_big
     return b"".join(chunks)
@@ -146,6 +148,5 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    """A bug, not the client's mistake: 500 with its type; the server goes on serving."""
-    sys.stderr.write(f"recjpq serve: internal error on {request.url.path}: {type(exc).__name__}: {exc}\n")
+    """A bug, not the client's mistake: 500 with its type (uvicorn logs the traceback); serving goes on."""
     return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)

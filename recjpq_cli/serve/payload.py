@@ -17,6 +17,7 @@ from recjpq_cli.serve.engine import Engine, Query
 
 MAX_BODY = 1 << 20  # bytes: a larger body is refused with 413
 DEFAULT_K = 10
+MAX_BATCH_REQUESTS = 1000  # per /recommend/batch: one body never holds the ranking thread for long
 FIELDS = ("history", "user", "k", "exclude_seen")
 BATCH_FIELDS = ("requests",)
 
@@ -134,4 +135,6 @@ def parse_batch(obj: Any, engine: Engine) -> list[Query]:
         raise RequestError(422, f"requests: must be an array, got {json_type(reqs)}")
     if not reqs:
         raise RequestError(422, "requests: is empty")
+    if len(reqs) > MAX_BATCH_REQUESTS:
+        raise RequestError(422, f"requests: {len(reqs):,} requests; at most {MAX_BATCH_REQUESTS:,} a batch")
     return [parse_query(r, engine, f"requests[{i}].") for i, r in enumerate(reqs)]
