@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from recjpq_cli import __version__
-from recjpq_cli.commands import assign, compress, evaluate, prepare, recommend, synth, train
+from recjpq_cli.commands import assign, compress, evaluate, prepare, recommend, serve, synth, train
 
 app = typer.Typer(
     name="recjpq",
@@ -28,6 +28,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("compress")(compress.compress)
 app.command("recommend")(recommend.recommend)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -17,7 +17,8 @@ def _commands() -> list[str]:
 def test_every_command_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
     cli = (ROOT / "docs" / "cli.md").read_text()
-    assert set(_commands()) == {"synth", "prepare", "assign", "train", "evaluate", "compress", "recommend"}
+    assert set(_commands()) == {"synth", "prepare", "assign", "train", "evaluate", "compress", "recommend",
+                               "serve"}
     for name in _commands():
         assert f"recjpq {name}" in readme, name
         assert f"## `recjpq {name}" in cli, name
