@@ -291,8 +291,17 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
     codes, side = _load_codes(cfg, codes_path, meta)
     codes_meta = side if side is not None else codes_meta
     ksub = int(codes_meta["ksub"]) if codes_meta else None
+    hint = None
+    if side is not None and ckpt is None:  # codes for another d: an Error with the assign command, or a hint
+        from recjpq_cli.data.codes import check_codes_for_d
+
+        hint = check_codes_for_d(side, Path(codes_path), req.dataset, cfg.d, use_centroids=cfg.init_centroids)
     init_centroids = _load_init_centroids(cfg, codes_path, side) if ckpt is None else None
     _check_memory(cfg, meta, codes, ksub, device)
+    if hint and ctx.rank == 0:
+        from recjpq_cli.console import console
+
+        console().print(hint, soft_wrap=True)
     ds = load_dataset(req.dataset)
 
     torch.manual_seed(cfg.seed)
