@@ -283,7 +283,10 @@ def test_train_with_another_d_names_the_exact_assign_command(km, tmp_path):
 
 def test_train_hints_when_ksub_times_d_is_small(km, tmp_path):
     ds, codes_path = km  # ksub 16 at d=32: 512 < 131,072
-    res = _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--out", tmp_path / "r", *TRAIN])
+    quiet = _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--out", tmp_path / "q", *TRAIN])
+    assert "ksub=16" not in quiet.stderr  # -q: no hint
+    loud = [a for a in TRAIN if a != "-q"]
+    res = _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--out", tmp_path / "r", *loud])
     text = " ".join(res.stderr.split())
     assert "ksub=16" in text and f"recjpq assign {ds} --strategy svd-kmeans --dim 32 -m 4 --seed 0" in text
     assert "gives ksub 1,000" in text

@@ -298,10 +298,6 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
         hint = check_codes_for_d(side, Path(codes_path), req.dataset, cfg.d, use_centroids=cfg.init_centroids)
     init_centroids = _load_init_centroids(cfg, codes_path, side) if ckpt is None else None
     _check_memory(cfg, meta, codes, ksub, device)
-    if hint and ctx.rank == 0:
-        from recjpq_cli.console import console
-
-        console().print(hint, soft_wrap=True)
     ds = load_dataset(req.dataset)
 
     torch.manual_seed(cfg.seed)
@@ -348,6 +344,10 @@ def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
                             f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
                             f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False)
     dist.barrier(ctx)
+    if hint and ctx.is_main and not req.quiet:  # after every check: a failed run prints only its Error line
+        from recjpq_cli.console import console
+
+        console().print(hint, soft_wrap=True, highlight=False)
 
     def checkpoint(path: Path, metrics_now: dict[str, float]) -> None:
         if not ctx.is_main:
