@@ -14,9 +14,10 @@ rows of ``V * s``), as ``svds`` would give them, up to each component's sign. Si
 component's column sum over the items is >= 0 (for a count matrix the top component then points along the
 popular items); the components' order is descending by singular value, then ``columns`` reorders them.
 
-Memory: ``Z`` (n_items x l float32), three (n_users x l) arrays, the matrix and its transpose in CSR. Time:
+Memory: ``Z`` (n_items x l float32), a few (n_users x l) arrays, the matrix and its transpose in CSR; the
+power iterations go through the items in blocks, so Z is the only n_items-sized array. Time:
 ``2q + 3`` sparse products of ``nnz x l``, ``q + 1`` QRs of ``n_users x l`` and one ``n_items x l x d``
-product, on all cores (torch).
+product (the sparse products in scipy, the dense ones in torch).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from recjpq_cli.errors import ConfigError
 # ARPACK's (4 passes with 16: 1.1% below); on the flat spectrum of sample_data fewer passes drift by > 1%.
 OVERSAMPLE = 32
 POWER_ITERS = 8
-# Rows of Z multiplied per block in the final in-place rotation (a (rows, l) float32 temporary).
+# Rows of Z multiplied per block in the final in-place rotation (a (rows, l) float32 temporary), and items
+# per block of the power iterations' A A^T Q (their (items, l) temporaries).
 ROTATE_ROWS = 65536
+ITEM_BLOCK = 262144
 
 StepFn = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -56,23 +59,33 @@ def width(dim: int, n_users: int, n_items: int) -> int:
 
 
 def memory_bytes(dim: int, n_users: int, n_items: int, nnz: int) -> int:
-    """Peak bytes of :func:`item_vectors`: Z, three user-side arrays, a rotation block, the CSR pair."""
+    """Peak bytes of :func:`item_vectors`: Z, user-side arrays, item and rotation blocks, the CSR pair."""
     w = width(dim, n_users, n_items)
-    return 4 * w * (n_items + 3 * n_users + ROTATE_ROWS) + 2 * (8 * nnz + 8 * (n_users + n_items + 2))
+    return 4 * w * (n_items + 4 * n_users + ROTATE_ROWS + ITEM_BLOCK) + 24 * nnz + 16 * (n_users + n_items + 2)
 
 
 def _csr(a: Any) -> Any:
-    """A torch float32 CSR tensor of a scipy CSR matrix (its sparse matmul uses every core)."""
+    """A torch float32 CSR tensor of a scipy CSR matrix (for ``torch.svd_lowrank`` in the solver benchmark)."""
     import warnings
 
     import torch
 
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the matmul used here is stable
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int64)),
                                        torch.from_numpy(a.indices.astype(np.int64)),
                                        torch.from_numpy(a.data.astype(np.float32)), size=a.shape,
                                        check_invariants=False)
+
+
+def _gram_times(at: Any, q: np.ndarray) -> np.ndarray:
+    """``A A^T q`` (n_users, w) from ``At`` (items x users CSR), ITEM_BLOCK items at a time: the item-side
+    product never exists whole (scipy's products allocate their output once; torch's sparse matmul held two)."""
+    out = np.zeros_like(q)
+    for r in range(0, at.shape[0], ITEM_BLOCK):
+        blk = at[r:r + ITEM_BLOCK]  # (block, n_users) CSR
+        out += blk.T @ (blk @ q)  # CSC @ (block, w)
+    return out
 
 
 def item_vectors(a: Any, dim: int, seed: int, *, columns: np.ndarray | None = None,
@@ -101,15 +114,15 @@ def item_vectors(a: Any, dim: int, seed: int, *, columns: np.ndarray | None = No
         if on_step is not None:
             on_step(done, steps)
 
-    A, At = _csr(a), _csr(a.T.tocsr())
+    at = a.T.tocsr().astype(np.float32)  # (n_items, n_users)
     g = torch.Generator().manual_seed(seed)
-    q = torch.linalg.qr(torch.randn(n_users, w, generator=g))[0]
+    q = torch.linalg.qr(torch.randn(n_users, w, generator=g))[0].numpy()
     step()
     for _ in range(POWER_ITERS):
-        q = torch.linalg.qr(A @ (At @ q))[0]  # (n_users, w); the (n_items, w) temporary is freed at once
+        q = torch.linalg.qr(torch.from_numpy(_gram_times(at, q)))[0].numpy()  # (n_users, w)
         step()
-    z = At @ q  # (n_items, w)
-    gram = (q.T.double() @ (A @ z).double())  # (w, w) = Q^T A A^T Q = Z^T Z
+    z = torch.from_numpy(at @ q)  # (n_items, w): the one n_items-sized array
+    gram = torch.from_numpy(q.T.astype(np.float64) @ _gram_times(at, q).astype(np.float64))  # Q^T A A^T Q
     step()
     evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)  # ascending
     top = torch.argsort(-evals, stable=True)[:dim]
@@ -117,7 +130,7 @@ def item_vectors(a: Any, dim: int, seed: int, *, columns: np.ndarray | None = No
     if float(s[0]) <= 0.0:
         raise ConfigError("svd: the training count matrix has no non-zero singular value; use --strategy random")
     rot = evecs[:, top]  # (w, dim) float64
-    col_sum = (torch.from_numpy(np.asarray(a.sum(axis=1), dtype=np.float64)).reshape(1, -1) @ q.double()) @ rot
+    col_sum = torch.from_numpy(np.asarray(a.sum(axis=1), dtype=np.float64).reshape(1, -1) @ q.astype(np.float64)) @ rot
     rot = rot * torch.where(col_sum < 0, -1.0, 1.0)
     if columns is not None:  # the output columns' order; the singular values stay descending
         rot = rot[:, torch.from_numpy(np.asarray(columns))]
