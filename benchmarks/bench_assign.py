@@ -1,6 +1,6 @@
 """Benchmark `recjpq assign` at Gowalla scale and check ML-1M; exits 1 when a goal is missed.
 
-    python benchmarks/bench_assign.py [WORK_DIR] [--strategies random,svd,bpr]
+    python benchmarks/bench_assign.py [WORK_DIR] [--strategies random,svd,bpr] [--svd-kmeans gowalla,10m]
 
 WORK_DIR (default /tmp/recjpq-bench) caches the synthetic log and the prepared datasets between runs.
 Each assignment runs as its own `python -m recjpq_cli assign` process; its time is the stage's own
@@ -8,6 +8,11 @@ Each assignment runs as its own `python -m recjpq_cli assign` process; its time 
 too) and its memory the process's peak resident set (wait4's ru_maxrss). The machine may be shared, and
 other processes only ever add time, so random and svd (cheap) take the best of --repeat runs; bpr runs
 once. The load average is printed before and after. Not run in CI.
+
+svd-kmeans cases (issue 19, ``--svd-kmeans``, each assignment in its own process, peak RSS from wait4):
+a Gowalla-shaped catalogue (86,168 users, 1,271,638 items, 6,397,903 interactions) at --dim 512 -b 256: peak
+< 6 GB and < 300 s; 10M items (1M users, 20M interactions) at --dim 128 -b 256: peak < 12 GB and < 1,800 s.
+``--strategies ''`` skips the issue-3 cases.
 
 Goals (issue 3), on a synthetic catalogue shaped like Gowalla (86,000 users, 1,270,000 items,
 6,400,000 interactions): random < 1 s, svd < 10 s, bpr (20 epochs) < 300 s, peak memory < 4 GB.
@@ -32,6 +37,11 @@ GOWALLA = {"users": 86_000, "items": 1_270_000, "interactions": 6_400_000}
 GOALS_S = {"random": 1.0, "svd": 10.0, "bpr": 300.0}
 PEAK_GOAL_GB = 4.0
 ML1M_SVD_GOAL_S = 5.0
+# svd-kmeans cases: (users, items, interactions), --dim, ksub, time goal s, peak goal GB
+KMEANS_CASES = {
+    "gowalla": ((86_168, 1_271_638, 6_397_903), 512, 256, 300.0, 6.0),
+    "10m": ((1_000_000, 10_000_000, 20_000_000), 128, 256, 1800.0, 12.0),
+}
 ML1M = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ml-1m.txt"
 
 
@@ -90,15 +100,66 @@ def row(what: str, value: str, goal: str, ratio: float | None, ok: bool) -> str:
     return f"| {what} | {value} | {goal} | {r} | {'ok' if ok else 'MISSED'} |"
 
 
+def dataset(work: Path, name: str, users: int, items: int, interactions: int) -> Path:
+    """A synthetic log and its prepared dataset, cached in ``work``."""
+    log, ds = work / f"{name}-synth.parquet", work / f"{name}-ds"
+    if not log.exists():
+        must("synth", "--users", users, "--items", items, "--interactions", interactions, "--out", log, "--quiet")
+    if not (ds / "dataset.yaml").exists() or (ds / "dataset.yaml").stat().st_mtime < log.stat().st_mtime:
+        must("prepare", log, "--out", ds, "--overwrite", "--quiet")
+    return ds
+
+
+def kmeans_case(work: Path, name: str) -> tuple[list[str], bool]:
+    """One svd-kmeans assignment in its own process: table rows and whether both goals were met."""
+    (users, items, interactions), dim, ksub, goal_s, goal_gb = KMEANS_CASES[name]
+    ds = dataset(work, f"assign-km-{name}", users, items, interactions)
+    out = work / f"assign-km-{name}.npy"
+    facts = out.with_suffix(".json")
+    wall, cpu, peak, rc = recjpq("assign", ds, "--strategy", "svd-kmeans", "--dim", dim, "-b", ksub, "--out", out,
+                                 "--overwrite", "--quiet", "--json", facts)
+    if rc != 0:
+        sys.exit(f"bench_assign: svd-kmeans on {ds} failed with exit code {rc}")
+    f = json.loads(facts.read_text())
+    label = f"{name} ({users:,} users, {items:,} items, {interactions:,} interactions) svd-kmeans --dim {dim} -b {ksub}"
+    est = f["memory_estimate_bytes"] / 1e9
+    ok_t, ok_m = f["seconds"] < goal_s, peak < goal_gb
+    return [row(f"{label}: time", f"{f['seconds']:.1f} s (process wall {wall:.1f} s, CPU {cpu:.1f} s)",
+                f"< {goal_s:g} s", f["seconds"] / goal_s, ok_t),
+            row(f"{label}: peak memory", f"{peak:.2f} GB (estimate shown before the work {est:.2f} GB)",
+                f"< {goal_gb:g} GB", peak / goal_gb, ok_m),
+            row(f"{label}: k-means objective / explained variance / collisions after",
+                f"{f['kmeans_objective']:.4g} / {f['explained_variance']:.1%} / {f['collisions_after']}", "0 after",
+                None, f["collisions_after"] == 0)], ok_t and ok_m and f["collisions_after"] == 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", nargs="?", default="/tmp/recjpq-bench", type=Path)
     ap.add_argument("--strategies", default="random,svd,bpr")
     ap.add_argument("--repeat", type=int, default=3, help="runs of random and svd; the fastest counts")
+    ap.add_argument("--svd-kmeans", default="", help=f"svd-kmeans cases to run, of {','.join(KMEANS_CASES)}")
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     strategies = [s for s in args.strategies.split(",") if s]
+    cases = [c for c in args.svd_kmeans.split(",") if c]
+    unknown = sorted(set(cases) - set(KMEANS_CASES))
+    if unknown:
+        sys.exit(f"bench_assign: unknown --svd-kmeans case(s) {', '.join(unknown)} (valid: {', '.join(KMEANS_CASES)})")
+    if not strategies:
+        print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+              f"python {platform.python_version()}; load average before: {load_avg()}")
+        lines, ok_all = ["| check | measured | goal | ratio | |", "|---|---|---|---|---|"], True
+        for c in cases:
+            rows, ok = kmeans_case(work, c)
+            lines += rows
+            ok_all &= ok
+            print("\n".join(rows), flush=True)
+        print("\n".join(lines))
+        print(f"load average after: {load_avg()}")
+        print("all goals met" if ok_all else "GOAL MISSED")
+        return 0 if ok_all else 1
 
     log = work / "assign-gowalla-synth.parquet"
     ds = work / "assign-gowalla-ds"

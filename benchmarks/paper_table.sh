@@ -53,7 +53,7 @@ for name in $DATASETS; do
   strategies="random svd bpr"
   case " $ROWS " in *-svd-kmeans\ *) strategies+=" svd-kmeans";; esac
   for s in $strategies; do
-    dim=(); [ "$s" = svd-kmeans ] && dim=(--dim "$D")
+    dim=(--dim "$D")  # the d the codes are for, every strategy (svd-kmeans: its SVD components)
     [ -f "$dir/codes-$s.npy" ] || recjpq assign "$ds" --strategy "$s" --code-length "$M" --centroids "$ksub" \
       "${dim[@]}" --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
   done

@@ -6,7 +6,7 @@ bash scripts/install.sh
 OUT=${1:-out/quickstart}
 mkdir -p "$OUT"
 recjpq prepare sample_data/interactions.csv --out "$OUT/dataset" --overwrite
-recjpq assign "$OUT/dataset" --strategy svd --out "$OUT/codes.npy" --overwrite
+recjpq assign "$OUT/dataset" --strategy svd --dim 64 --out "$OUT/codes.npy" --overwrite  # d of configs/cpu-small.yaml
 recjpq train "$OUT/dataset" --codes "$OUT/codes.npy" --config configs/cpu-small.yaml --out "$OUT/run" \
   --max-steps 200 --overwrite
 recjpq evaluate "$OUT/run" --data "$OUT/dataset" --baseline popularity --json "$OUT/metrics.json"

@@ -156,8 +156,8 @@ def test_no_leakage_from_validation_and_test_items(tmp_path):
 
 def test_unique_removes_collisions_and_no_unique_keeps_them(sample_ds, tmp_path):
     u, nu = tmp_path / "u.npy", tmp_path / "nu.npy"
-    _ok(["assign", sample_ds, "-s", "random", "-m", "6", "-b", "4", "-o", u, "-q"])  # 4^6 = 4,096 codes for 2,000 items
-    _ok(["assign", sample_ds, "-s", "random", "-m", "6", "-b", "4", "-o", nu, "--no-unique", "-q"])
+    _ok(["assign", sample_ds, "-s", "random", "-m", "6", "--dim", "24", "-b", "4", "-o", u, "-q"])  # 4^6 = 4,096 codes for 2,000 items
+    _ok(["assign", sample_ds, "-s", "random", "-m", "6", "--dim", "24", "-b", "4", "-o", nu, "--no-unique", "-q"])
     cu, su = load_codes(u)
     cn, sn = load_codes(nu)
     assert su["collisions_before"] == sn["collisions_before"] == sn["collisions_after"] == count_collisions(cn[1:]) > 0
@@ -306,9 +306,10 @@ def test_bad_input_is_one_error_line_and_writes_nothing(sample_ds, tmp_path):
         ([sample_ds, "-s", "svd", "-b", "1"], 2, "centroids"),
         ([sample_ds, "-s", "svd", "-b", "65537"], 2, "centroids"),
         ([tiny, "-s", "svd", "-b", "256"], 1, "more than the dataset's 100 items"),
-        ([sample_ds, "-s", "random", "-b", "2", "-m", "10"], 1, "cannot have distinct codes"),
+        ([sample_ds, "-s", "random", "-b", "2", "-m", "10", "--dim", "20"], 1, "cannot have distinct codes"),
         ([sample_ds, "-s", "kmeans"], 2, "'random', 'svd', 'bpr'"),
-        ([sample_ds], 2, "--strategy"),
+        ([sample_ds, "-s", "random", "-m", "3"], 1, "--dim 512 must be a positive multiple of the code length M=3"),
+        ([sample_ds, "--dim", "1200", "-m", "4", "-b", "16"], 1, "--dim 1200 SVD components need at least 1200"),
         ([sample_ds, "-s", "svd", "--epochs", "0"], 2, "epochs"),
         ([sample_ds, "-s", "svd", "--json", tmp_path / "nowhere" / "f.json"], 1, "nowhere"),
     ]
@@ -320,7 +321,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(sample_ds, tmp_path):
         assert list(out_dir.iterdir()) == [], args
     res = _run(["assign", sample_ds, "-s", "svd", "--out", out_dir / "codes.bin"])
     assert res.exit_code == 1 and ".npy" in _one_error_line(res) and list(out_dir.iterdir()) == []
-    _ok(["assign", sample_ds, "-s", "random", "-b", "2", "-m", "10", "--no-unique", "--out", out, "-q"])
+    _ok(["assign", sample_ds, "-s", "random", "-b", "2", "-m", "10", "--dim", "20", "--no-unique", "--out", out, "-q"])
 
 
 def test_existing_output_needs_overwrite(sample_ds, tmp_path):

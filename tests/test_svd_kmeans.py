@@ -12,6 +12,7 @@ import yaml
 from conftest import error_line, invoke
 
 from recjpq_cli.data.codes import centroids_path, load_codes
+from recjpq_cli.jpq import lowrank
 from recjpq_cli.jpq.assignment import TrainData, count_matrix, interleave, spectral_item_vectors
 
 TRAIN = ["--model", "sasrec", "--set", "max_len=20", "--set", "val_users=50", "--max-steps", "1", "--device", "cpu",
@@ -65,8 +66,7 @@ def test_assign_writes_codes_sidecar_and_centroids(km):
     assert cents.dtype == np.float32 and cents.shape == (4, 16, 8) and np.isfinite(cents).all()
     # every item that --unique did not move sits on its nearest centroid in every split
     train = load_dataset_train(ds)
-    x, _ = spectral_item_vectors(count_matrix(train), 32, 0)
-    x = x[:, interleave(32, 4)]
+    x = lowrank.item_vectors(count_matrix(train), 32, 0, columns=interleave(32, 4)).vectors.contiguous().numpy()
     on_nearest = np.ones(train.n_items, dtype=bool)
     for k in range(4):
         near = torch.cdist(torch.from_numpy(np.ascontiguousarray(x[:, 8 * k:8 * k + 8])), torch.from_numpy(cents[k]))
@@ -174,3 +174,119 @@ def test_kmeans_pq_above_the_kmeans_pp_limit_seeds_from_distinct_rows(monkeypatc
     # codes are the nearest of the returned centroids
     for m in range(2):
         assert torch.equal(codes[:, m], torch.cdist(x[:, 4 * m:4 * m + 4], cents[m]).argmin(1))
+
+
+# ---------------------------------------------------------------- bounded-memory SVD and k-means (issue 19)
+
+
+def test_randomized_svd_matches_arpack_up_to_sign(sample_ds):
+    a = count_matrix(load_dataset_train(sample_ds))
+    ref, s_ref = spectral_item_vectors(a, 32, 0)  # ARPACK, the exact reference
+    spec = lowrank.item_vectors(a, 32, 0)
+    x = spec.vectors.numpy()
+    assert x.dtype == np.float32 and x.shape == (2000, 32)
+    assert np.allclose(spec.singular_values, s_ref, rtol=1e-3)
+    cos = np.abs((x * ref).sum(0)) / (np.linalg.norm(x, axis=0) * np.linalg.norm(ref, axis=0))
+    assert cos[:8].min() > 0.999  # the leading components agree up to sign
+    assert (x.sum(0) >= 0).all()  # the sign rule: every component's column sum is >= 0
+    assert abs(spec.explained_variance - float(np.square(s_ref).sum() / np.square(a.data).sum())) < 1e-3
+
+
+def test_objective_within_one_percent_of_the_arpack_pipeline(km):
+    from recjpq_cli.jpq.pq import kmeans_pq, objective
+
+    ds, codes_path = km
+    side = yaml.safe_load(codes_path.with_suffix(".yaml").read_text())
+    x, _ = spectral_item_vectors(count_matrix(load_dataset_train(ds)), 32, 0)  # the previous implementation
+    table = torch.from_numpy(np.ascontiguousarray(x[:, interleave(32, 4)]))
+    ref = objective(table, *kmeans_pq(table, M=4, ksub=16, iters=20, seed=0))
+    assert abs(side["kmeans_objective"] / ref - 1) < 0.01, (side["kmeans_objective"], ref)
+
+
+def test_kmeans_objective_is_the_mean_squared_distance():
+    from recjpq_cli.jpq.pq import objective
+
+    x = torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]])
+    cents = torch.tensor([[[0.0, 0.0], [2.0, 2.0]], [[1.0, 1.0], [0.0, 0.0]]])  # (M=2, ksub=2, dsub=2)
+    codes = torch.tensor([[0, 0], [1, 0]])
+    assert objective(x, codes, cents) == pytest.approx((0 + 0 + 4 + 4) / 2)  # row 1: (2,0)-(2,2), (3,1)-(1,1)
+
+
+def test_blocked_assignment_equals_one_block_and_reports_progress(monkeypatch):
+    import recjpq_cli.jpq.pq as pq
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 8, generator=g)
+    whole = pq.kmeans_pq(x, M=2, ksub=2, iters=3, seed=0)  # 1,000 rows > 256 x 2: sampled, then assigned
+    monkeypatch.setattr(pq, "ASSIGN_ROWS", 70)  # 15 blocks, the last partial
+    steps: list[tuple[str, int, int]] = []
+    buf = torch.zeros(1000, 12)
+    buf[:, :8] = x
+    blocked = pq.kmeans_pq(buf[:, :8], M=2, ksub=2, iters=3, seed=0, on_step=lambda *a: steps.append(a))
+    assert torch.equal(whole[0], blocked[0]) and torch.equal(whole[1], blocked[1])
+    assert [s for s in steps if s[0] == "assignment"][-1] == ("assignment", 15, 15)
+    assert steps[0] == ("k-means", 1, 3)
+
+
+def test_the_default_strategy_is_svd_kmeans(sample_ds, tmp_path):
+    out = tmp_path / "c.npy"
+    _ok(["assign", sample_ds, "--out", out, "--dim", 64, "-b", 16, "-q"])  # no --strategy (the ksub rule: below)
+    codes, side = load_codes(out)
+    assert (side["strategy"], side["d"], side["ksub"], side["ksub_auto"]) == ("svd-kmeans", 64, 16, False)
+    assert side["memory_estimate_bytes"] > 0 and side["kmeans_objective"] > 0
+    assert np.load(centroids_path(out)).shape == (8, 16, 8)
+
+
+def test_ksub_follows_dim_capped_at_half_the_items(sample_ds, tmp_path):
+    for dim, want in ((1024, 128), (128, 1000)):  # 131,072 / 1,024; 131,072 / 128 = 1,024 > 2,000 / 2
+        out = tmp_path / f"r{dim}.npy"
+        _ok(["assign", sample_ds, "-s", "random", "--dim", dim, "--out", out, "-q"])
+        side = yaml.safe_load(out.with_suffix(".yaml").read_text())
+        assert (side["ksub"], side["d"], side["ksub_auto"]) == (want, dim, True)
+    out = tmp_path / "explicit.npy"
+    _ok(["assign", sample_ds, "-s", "random", "--dim", 128, "-b", 64, "--out", out, "-q"])
+    assert yaml.safe_load(out.with_suffix(".yaml").read_text())["ksub_auto"] is False
+
+
+def test_a_run_that_cannot_fit_is_refused_naming_dim(sample_ds, tmp_path, monkeypatch):
+    import recjpq_cli.stages.assign as stage
+
+    monkeypatch.setattr(stage, "available_bytes", lambda device: 2**20)
+    line = _one_error_line(invoke(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "c.npy"]))
+    assert "GiB" in line and "lower --dim" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_estimate_is_shown_before_the_work(sample_ds, tmp_path):
+    res = _ok(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "c.npy"])
+    assert "memory estimate" in res.stderr and "GiB available" in res.stderr
+
+
+def test_empty_training_matrix_is_one_error_line(sample_ds, tmp_path, monkeypatch):
+    import recjpq_cli.stages.assign as stage
+
+    meta = yaml.safe_load((sample_ds / "dataset.yaml").read_text())
+    none = np.empty(0, dtype=np.int64)
+    empty = TrainData(user=none, item=none, n_users=meta["n_users"], n_items=meta["n_items"])
+    monkeypatch.setattr(stage, "train_data", lambda ds: (empty, meta))
+    line = _one_error_line(invoke(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "c.npy"]))
+    assert "no training interactions" in line and "--strategy random" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_with_another_d_names_the_exact_assign_command(km, tmp_path):
+    ds, codes_path = km
+    line = _one_error_line(invoke(["train", ds, "--codes", codes_path, "--set", "d=64", "--out", tmp_path / "r",
+                                   *TRAIN]))
+    assert f"recjpq assign {ds} --strategy svd-kmeans --dim 64 -m 4 -b 16 --seed 0 --out {codes_path} --overwrite" in line
+
+
+def test_train_hints_when_ksub_times_d_is_small(km, tmp_path):
+    ds, codes_path = km  # ksub 16 at d=32: 512 < 131,072
+    quiet = _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--out", tmp_path / "q", *TRAIN])
+    assert "ksub=16" not in quiet.stderr  # -q: no hint
+    loud = [a for a in TRAIN if a != "-q"]
+    res = _ok(["train", ds, "--codes", codes_path, "--set", "d=32", "--out", tmp_path / "r", *loud])
+    text = " ".join(res.stderr.split())
+    assert "ksub=16" in text and f"recjpq assign {ds} --strategy svd-kmeans --dim 32 -m 4 --seed 0" in text
+    assert "gives ksub 1,000" in text

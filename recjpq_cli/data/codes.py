@@ -14,10 +14,47 @@ import numpy as np
 
 from recjpq_cli.data.io import atomic_files, dump_yaml, read_yaml
 from recjpq_cli.data.schema import CODES_FORMAT_VERSION, DATASET_YAML
-from recjpq_cli.errors import InputError
+from recjpq_cli.errors import ConfigError, InputError
 
 SIDECAR_KEYS = ("format_version", "strategy", "M", "ksub", "seed", "dataset_fingerprint", "n_items", "dtype",
                 "collisions_before", "collisions_after", "seconds", "occupancy")
+
+
+# The paper's centroid budget per split: ksub x d = 256 x 512. Without -b, assign picks ksub = this / d.
+KSUB_TIMES_D = 131072
+
+
+def default_ksub(dim: int, n_items: int) -> int:
+    """ksub for codes made for ``dim``: ``KSUB_TIMES_D // dim``, at most half the items, at least 2."""
+    return max(2, min(KSUB_TIMES_D // max(1, dim), n_items // 2))
+
+
+def assign_command(dataset: Path | str, codes: Path | str, side: dict[str, Any], d: int, *, keep_ksub: bool) -> str:
+    """The `recjpq assign` command that remakes ``codes`` with the sidecar's settings for training dimension d
+    (with ``keep_ksub``, an explicit -b is kept; otherwise ksub follows d)."""
+    parts = ["recjpq assign", str(dataset), "--strategy", str(side.get("strategy", "svd-kmeans")), "--dim", str(d),
+             "-m", str(side.get("M", 8))]
+    if keep_ksub and side.get("ksub_auto") is False:
+        parts += ["-b", str(side.get("ksub"))]
+    return " ".join(parts + ["--seed", str(side.get("seed", 0)), "--out", str(codes), "--overwrite"])
+
+
+def check_codes_for_d(side: dict[str, Any], codes: Path, dataset: Path, d: int, *, use_centroids: bool) -> str | None:
+    """Codes against the d a run trains with: a ConfigError with the exact `assign` command when their starting
+    centroids were made for another d; otherwise a one-line hint when ksub x d is below KSUB_TIMES_D (and
+    more centroids would fit), else None."""
+    made_for = side.get("d")
+    if use_centroids and side.get("centroids_file") and isinstance(made_for, int) and made_for != d:
+        raise ConfigError(f"{codes}: these codes and their starting centroids were made for d={made_for}, this run "
+                          f"has d={d}; assign them for d={d}: `{assign_command(dataset, codes, side, d, keep_ksub=True)}` "
+                          f"(or train with --set d={made_for})")
+    ksub, n_items = int(side["ksub"]), int(side["n_items"])
+    better = default_ksub(d, n_items)
+    if ksub * d >= KSUB_TIMES_D or better <= ksub:
+        return None
+    return (f"note: {codes} has ksub={ksub:,} centroids per split; at d={d} that is {ksub * d:,} < {KSUB_TIMES_D:,} "
+            f"(the paper's 256 x 512) and learns worse; `{assign_command(dataset, codes, side, d, keep_ksub=False)}` gives ksub "
+            f"{better:,}")
 
 
 def sidecar_path(path: Path) -> Path:

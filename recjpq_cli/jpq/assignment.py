@@ -27,6 +27,7 @@ from recjpq_cli.errors import ConfigError
 
 NOISE_STD = 1e-5
 ProgressFn = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
+StepFn = Callable[[str, int, int], None]  # (phase: "svd", "k-means" or "assignment", steps done, steps in all)
 
 
 @dataclass(frozen=True)
@@ -350,12 +351,13 @@ class BPRStrategy:
 
 
 def spectral_item_vectors(a: Any, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Items in the top-``dim`` SVD space of the count matrix: the rows of ``V * s`` (float32), and ``s``.
+    """Items in the top-``dim`` SVD space of the count matrix by ARPACK: the rows of ``V * s`` (float32), and ``s``.
 
-    Row i of ``V * s`` is ``A^T U`` for item i, the sum of its users' left singular vectors: frequent items
-    get long vectors, rare ones short vectors near the origin, items without training interactions zero.
-    (Scaling the rows to unit length, so that rare items keep their users' direction at full length, learned
-    worse on Amazon Beauty: best validation NDCG@10 in 420 s 0.0168 against 0.0189; docs/results.md.)
+    The exact reference for :func:`recjpq_cli.jpq.lowrank.item_vectors`, which ``svd-kmeans`` uses. Row i of
+    ``V * s`` is ``A^T U`` for item i, the sum of its users' left singular vectors: frequent items get long
+    vectors, rare ones short vectors near the origin, items without training interactions zero. (Scaling the
+    rows to unit length, so that rare items keep their users' direction at full length, learned worse on
+    Amazon Beauty: best validation NDCG@10 in 420 s 0.0168 against 0.0189; docs/results.md.)
     """
     v, s = svd_factors(a, dim, seed, option="--dim")
     return (v * s).astype(np.float32), s
@@ -371,35 +373,39 @@ def interleave(dim: int, M: int) -> np.ndarray:
 
 
 class SVDKMeansStrategy:
+    """RecJPQ-HC in bounded memory: a float32 randomized SVD (``jpq/lowrank.py``) whose one (n_items, d + 32)
+    buffer is rotated in place into the item vectors, then k-means on a sample and blocked assignment."""
+
     name = "svd-kmeans"
     uses_interactions = True
 
-    def __init__(self, dim: int, iters: int = 20) -> None:
+    def __init__(self, dim: int, iters: int = 20, on_step: StepFn | None = None) -> None:
         self.dim = dim
         self.iters = iters
+        self.on_step = on_step
 
     def assign(self, train: TrainData, *, M: int, ksub: int, seed: int) -> Assignment:
-        import torch
-
-        from recjpq_cli.jpq.pq import kmeans_pq
+        from recjpq_cli.jpq import lowrank
+        from recjpq_cli.jpq.pq import kmeans_pq, objective
 
         if self.dim % M:
             raise ConfigError(f"svd-kmeans: --dim {self.dim} is not divisible by the code length M={M}")
         a = count_matrix(train)
-        x, s = spectral_item_vectors(a, self.dim, seed)
-        table = torch.from_numpy(np.ascontiguousarray(x[:, interleave(self.dim, M)]))
-        codes_t, cents_t = kmeans_pq(table, M=M, ksub=ksub, iters=self.iters, seed=seed)
-        codes, centroids = codes_t.numpy(), cents_t.numpy().astype(np.float32)
-        total = float(np.square(a.data).sum())
-        explained = float(np.square(s).sum() / total) if total > 0 else 0.0
-        return Assignment(codes=codes, centroids=centroids,
-                          facts={"d": self.dim, "kmeans_iters": self.iters, "explained_variance": explained})
+        svd_step = None if self.on_step is None else (lambda done, total: self.on_step("svd", done, total))
+        spec = lowrank.item_vectors(a, self.dim, seed, columns=interleave(self.dim, M), on_step=svd_step)
+        del a
+        codes_t, cents = kmeans_pq(spec.vectors, M=M, ksub=ksub, iters=self.iters, seed=seed, on_step=self.on_step)
+        obj = objective(spec.vectors, codes_t, cents)
+        return Assignment(codes=codes_t.numpy(), centroids=cents.numpy().astype(np.float32),
+                          facts={"d": self.dim, "kmeans_iters": self.iters,
+                                 "explained_variance": spec.explained_variance, "kmeans_objective": obj})
 
 
 STRATEGIES = ("random", "svd", "bpr", "svd-kmeans")
 
 
-def get_strategy(name: str, *, epochs: int = 20, dim: int = 512, on_epoch: ProgressFn | None = None) -> Strategy:
+def get_strategy(name: str, *, epochs: int = 20, dim: int = 512, on_epoch: ProgressFn | None = None,
+                 on_step: StepFn | None = None) -> Strategy:
     """The strategy called ``name``; an unknown name is a ConfigError listing the valid ones."""
     if name == "random":
         return RandomStrategy()
@@ -408,5 +414,5 @@ def get_strategy(name: str, *, epochs: int = 20, dim: int = 512, on_epoch: Progr
     if name == "bpr":
         return BPRStrategy(epochs=epochs, on_epoch=on_epoch)
     if name == "svd-kmeans":
-        return SVDKMeansStrategy(dim=dim)
+        return SVDKMeansStrategy(dim=dim, on_step=on_step)
     raise ConfigError(f"unknown strategy {name!r} (valid: {', '.join(STRATEGIES)})")

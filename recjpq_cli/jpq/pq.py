@@ -11,10 +11,15 @@ The result plugs into ``JPQEmbedding`` (codes ``(n_items + 1, M)`` with padding 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from recjpq_cli.jpq.embedding import JPQEmbedding
+
+if TYPE_CHECKING:
+    from recjpq_cli.jpq.assignment import StepFn
 
 # The assignment step's distance block holds at most this many floats (M x rows x ksub): 256 MiB.
 KMEANS_BLOCK_FLOATS = 64 * 2**20
@@ -77,23 +82,48 @@ def _random_rows(x: Tensor, ksub: int, g: torch.Generator) -> Tensor:
     return torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
 
+# Rows of the table turned into (M, rows, dsub) at a time for the final assignment of every row.
+ASSIGN_ROWS = 65536
+
+
+
+def _splits(rows: Tensor, M: int) -> Tensor:
+    """(n, d) rows -> (M, n, dsub) contiguous float32: sub-space m holds columns m*dsub .. (m+1)*dsub - 1."""
+    n, d = rows.shape
+    return rows.float().reshape(n, M, d // M).transpose(0, 1).contiguous()
+
+
+def _assign_all(table: Tensor, cents: Tensor, chunk: int | None, on_step: StepFn | None) -> Tensor:
+    """Nearest centroids (M, n) of every row of ``table`` (n, d), ASSIGN_ROWS rows at a time: no full copy."""
+    n, M = table.shape[0], cents.shape[0]
+    out = torch.empty(M, n, dtype=torch.long)
+    blocks = max(1, -(-n // ASSIGN_ROWS))
+    for b, s in enumerate(range(0, n, ASSIGN_ROWS)):
+        out[:, s:s + ASSIGN_ROWS] = _assign(_splits(table[s:s + ASSIGN_ROWS], M), cents, chunk)
+        if on_step is not None:
+            on_step("assignment", b + 1, blocks)
+    return out
+
+
 @torch.no_grad()
 def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 0,
-              chunk: int | None = None) -> tuple[Tensor, Tensor]:
+              chunk: int | None = None, on_step: StepFn | None = None) -> tuple[Tensor, Tensor]:
     """Product-quantise rows of ``table`` (n, d): codes (n, M) int64 and centroids (M, ksub, d / M) float32.
 
-    Trains on a seeded sample of at most ``256 * ksub`` rows (as faiss), then assigns every row. Centroids
-    start from k-means++ seeding (ksub <= 1,024) or ksub distinct random rows (more); an emptied centroid is
-    moved to a random row. Training stops early when no assignment changes.
+    Trains on a seeded sample of at most ``256 * ksub`` rows (as faiss), then assigns every row in blocks
+    (``table`` may be a strided view; it is never copied whole). Centroids start from k-means++ seeding
+    (ksub <= 1,024) or ksub distinct random rows (more); an emptied centroid is moved to a random row.
+    Training stops early when no assignment changes. ``on_step`` hears each iteration and block.
     """
     n, d = table.shape
     if d % M:
         raise ValueError(f"d={d} is not divisible by M={M}")
     dsub = d // M
     g = torch.Generator().manual_seed(seed)
-    x_all = table.detach().float().cpu().reshape(n, M, dsub).transpose(0, 1).contiguous()  # (M, n, dsub)
+    table = table.detach().cpu()
     n_train = min(n, MAX_POINTS_PER_CENTROID * ksub)
-    x = x_all if n_train == n else x_all[:, torch.randperm(n, generator=g)[:n_train]].contiguous()
+    sampled = n_train < n
+    x = _splits(table[torch.randperm(n, generator=g)[:n_train]] if sampled else table, M)  # (M, n_train, dsub)
     n = n_train
     if ksub <= KMEANS_PP_MAX_KSUB:
         n_seed = min(n, SEED_POINTS_PER_CENTROID * ksub)
@@ -102,7 +132,7 @@ def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 
         cents = _random_rows(x, ksub, g)
     offsets = (torch.arange(M) * ksub)[:, None]  # (M, 1)
     codes = _assign(x, cents, chunk)
-    for _ in range(iters):
+    for it in range(iters):
         flat = (codes + offsets).reshape(-1)  # (M * n,)
         sums = torch.zeros(M * ksub, dsub).index_add_(0, flat, x.reshape(M * n, dsub))
         counts = torch.bincount(flat, minlength=M * ksub).float()
@@ -116,11 +146,25 @@ def kmeans_pq(table: Tensor, *, M: int, ksub: int, iters: int = 20, seed: int = 
         new_codes = _assign(x, cents, chunk)
         changed = bool((new_codes != codes).any())
         codes = new_codes
+        if on_step is not None:
+            on_step("k-means", it + 1, iters)
         if not changed:
             break
-    if x is not x_all:
-        codes = _assign(x_all, cents, chunk)
+    if sampled:
+        del x
+        codes = _assign_all(table, cents, chunk, on_step)
     return codes.T.contiguous(), cents
+
+
+def objective(table: Tensor, codes: Tensor, cents: Tensor) -> float:
+    """The k-means objective: mean over rows of the squared distance to their centroids, summed over splits."""
+    M, total = cents.shape[0], 0.0
+    for s in range(0, table.shape[0], ASSIGN_ROWS):
+        x = _splits(table[s:s + ASSIGN_ROWS], M)  # (M, c, dsub)
+        c = codes[s:s + ASSIGN_ROWS].T.long()  # (M, c)
+        near = torch.gather(cents, 1, c.unsqueeze(-1).expand(-1, -1, cents.shape[2]))
+        total += float(((x - near) ** 2).sum(dtype=torch.float64))
+    return total / max(1, table.shape[0])
 
 
 def pq_embedding(table: Tensor, *, M: int, ksub: int, iters: int, seed: int,

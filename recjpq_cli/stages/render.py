@@ -59,7 +59,7 @@ def assign_table(r: Any) -> None:
     ]
     if "explained_variance" in m:
         rows.append(("explained variance", f"{m['explained_variance']:.2%}"))
-    if "d" in m:
+    if "kmeans_iters" in m:
         rows.append(("SVD dimension d / k-means iterations", f"{m['d']} / {m['kmeans_iters']}"))
     if "final_loss" in m:
         rows.append((f"final BPR loss ({m['epochs']} epochs)", round(float(m["final_loss"]), 4)))

@@ -512,6 +512,11 @@ def _run(req: TrainRequest, progress_cb: Any, locks: list[RunLock]) -> TrainResu
     codes, side = _load_codes(cfg, codes_path, meta)
     codes_meta = side if side is not None else codes_meta
     ksub = int(codes_meta["ksub"]) if codes_meta else None
+    hint = None
+    if side is not None and ckpt is None:  # codes for another d: an Error with the assign command, or a hint
+        from recjpq_cli.data.codes import check_codes_for_d
+
+        hint = check_codes_for_d(side, Path(codes_path), req.dataset, cfg.d, use_centroids=cfg.init_centroids)
     init_centroids = _load_init_centroids(cfg, codes_path, side) if ckpt is None else None
     _check_memory(cfg, meta, codes, ksub, device)
     ds = load_dataset(req.dataset)
@@ -547,6 +552,11 @@ def _run(req: TrainRequest, progress_cb: Any, locks: list[RunLock]) -> TrainResu
                             f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
                             f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False)
     dist.barrier(ctx)
+    if hint and ctx.is_main and not req.quiet:  # after every check: a failed run prints only its Error line
+        from recjpq_cli.console import console
+
+        console().print(hint, soft_wrap=True, highlight=False)
+
     rows = runfolder.reconcile_metrics(req.out, st.step, ckpt.get("metrics_row")) if ckpt is not None else []
     loop = _Loop(req, cfg, ctx, device, ds, model, opt, step_module, validator, args, codes_path, codes_meta,
                  Saver(req.out, rows, ctx.is_main), st, n_train, trainable, steps_per_epoch, t_start,
