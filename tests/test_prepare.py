@@ -587,9 +587,10 @@ def test_synth_bad_values(tmp_path, monkeypatch, args, code, words):
 
 
 def test_synth_existing_output(tmp_path):
-    out = write(tmp_path / "log.csv", "keep")
+    keep = "user_id,item_id,timestamp\n1,1,0\n"  # a log synth wrote before: --overwrite may replace it
+    out = write(tmp_path / "log.csv", keep)
     res = invoke(["synth", "--users", 20, "--items", 50, "--interactions", 300, "--out", out])
-    assert res.exit_code == 1 and str(out) in error_line(res) and out.read_text() == "keep"
+    assert res.exit_code == 1 and str(out) in error_line(res) and out.read_text() == keep
     assert invoke(["synth", "--users", 20, "--items", 50, "--interactions", 300, "--out", out, "-q",
                    "--overwrite"]).exit_code == 0
     assert pl.read_csv(out).height == 300 and sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]

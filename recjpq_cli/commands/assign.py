@@ -63,7 +63,9 @@ def assign(
                 on_step("bpr", done, total, f"loss {loss:.4f}")
 
             def on_plan(plan: stage.AssignPlan) -> None:
-                if not quiet:
+                # progress-like: shown on a terminal; a log or a script reads it from --json
+                # (memory_estimate_bytes), so a failure's stderr stays its one Error line
+                if not quiet and console().is_terminal:
                     console().print(f"assign {cfg.strategy}: {plan.describe()}")
 
             result = stage.run(cfg, on_epoch=on_epoch, on_step=on_step, on_plan=on_plan)

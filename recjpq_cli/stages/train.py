@@ -545,12 +545,12 @@ def _run(req: TrainRequest, progress_cb: Any, locks: list[RunLock]) -> TrainResu
         conf = cfg.to_dict() | {"codes": str(Path(codes_path).resolve()) if codes_path else None} | record(req.dataset)
         locks.append(runfolder.create(req.out, req.overwrite, dump_yaml(conf)))
         created_here = True
-        if world > 1 and not req.quiet:
-            from recjpq_cli.console import console
+    if ctx.is_main and world > 1 and not req.quiet:
+        from recjpq_cli.console import console
 
-            console().print(f"distributed: {world} processes ({ctx.device.type}); batch_size {cfg.batch_size} per process, "
-                            f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
-                            f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False)
+        console().print(f"distributed: {world} processes ({ctx.device.type}); batch_size {cfg.batch_size} per process, "
+                        f"effective batch {world * cfg.batch_size}; learning rate not scaled; --max-steps counts "
+                        f"optimiser steps; {steps_per_epoch} steps an epoch", highlight=False, soft_wrap=True)
     dist.barrier(ctx)
     if hint and ctx.is_main and not req.quiet:  # after every check: a failed run prints only its Error line
         from recjpq_cli.console import console
