@@ -6,7 +6,7 @@
 # Writes OUT_DIR/report.json and OUT_DIR/report.md ({"device", "torch", "parts": [{"name", "status",
 # "seconds", ...figures}], "goals": [...]}) from four parts (benchmarks/gpu_parts.py), each in its own
 # process under `timeout`, so that a failed or stuck part does not stop the others: pytest (`pytest -m cuda`),
-# ml1m (gSASRec-JPQ d=512 on .gpu/ml-1m.txt, about 150 s of training, then evaluate), scale (RecJPQ vs dense
+# ml1m (gSASRec-JPQ d=512 on .gpu/ml-1m.txt.gz, about 150 s of training, then evaluate), scale (RecJPQ vs dense
 # step time and GPU memory at 10k, 1M, 10M items) and ranking (whole-catalogue top-10, GPU torch path vs CPU
 # PQTopK, 1M items). The GPU machine has no network: polars and pytest come from the wheels in .gpu/wheels
 # (benchmarks/gpu_prepare.sh fills .gpu/ on the CPU side; carry ".gpu"), installed with `pip install
@@ -24,7 +24,9 @@ mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# Offline installs go to a folder of their own (no write into the image's site-packages; kept for a rerun).
+SITE=${GPU_SITE:-/tmp/recjpq-gpu-site}
+export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 rm -rf "$OUT/parts" "$OUT/logs" "$OUT/work" "$OUT/report.json" "$OUT/report.md"
 mkdir -p "$OUT/parts" "$OUT/logs"
@@ -34,7 +36,7 @@ for pkg in polars pytest; do
   if ! "$PY" -c "import $pkg" 2>/dev/null; then
     extra=(); [ "$pkg" = pytest ] && extra=(hypothesis)
     echo "installing $pkg from .gpu/wheels (offline)" >&2
-    "$PY" -m pip install --no-index --find-links "$REPO/.gpu/wheels" "$pkg" "${extra[@]}" \
+    "$PY" -m pip install --no-index --find-links "$REPO/.gpu/wheels" --target "$SITE" "$pkg" "${extra[@]}" \
       >>"$OUT/logs/pip.log" 2>&1 || echo "pip could not install $pkg: see $OUT/logs/pip.log" >&2
   fi
 done
@@ -43,7 +45,7 @@ done
 if [ ${#SMOKE[@]} -gt 0 ]; then
   BOX=(pytest:60 ml1m:60 scale:60 ranking:60)
 else
-  BOX=(pytest:45 ml1m:190 scale:40 ranking:20)
+  BOX=(pytest:45 ml1m:180 scale:35 ranking:30)
 fi
 for entry in "${BOX[@]}"; do
   part=${entry%%:*} box=${entry#*:}

@@ -5,7 +5,7 @@
     python benchmarks/gpu_parts.py peak PEAK_FILE -- CLI ARGS    # `recjpq CLI ARGS`, then its peak GPU bytes
 
 Parts: `pytest` (`pytest -m cuda`), `ml1m` (gSASRec, svd-kmeans codes, d=512, about 150 s of training, then
-evaluate: test NDCG@10, steps/s, peak GPU memory), `scale` (training step time and peak GPU memory, RecJPQ vs
+evaluate: test NDCG@10, steps/s, peak GPU memory; 140 s so that the script stays under 5 minutes), `scale` (training step time and peak GPU memory, RecJPQ vs
 dense SASRec d=512, B=128, L=200 at 10k, 1M and 10M synthetic items, the step of benchmarks/bench_train.py;
 a dense run that train's memory estimate refuses is recorded as refused, not run), `ranking` (whole-catalogue
 top-10 over 1M JPQ items: the torch path on the GPU vs the compiled PQTopK kernel on the CPU, users/s).
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gzip
 import json
 import os
 import platform
 import runpy
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,14 +35,14 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("pytest", "ml1m", "scale", "ranking")
-ML1M = REPO / ".gpu" / "ml-1m.txt"
+ML1M = REPO / ".gpu" / "ml-1m.txt.gz"  # benchmarks/gpu_prepare.sh gzips it (the carry limit)
 SAMPLE = REPO / "sample_data" / "interactions.csv"
 GB = 1e9
 # Goals for the H200 run (issue 20); each is recorded as met or missed, never hidden.
 NDCG_GOAL, STEPS_GOAL, MEMORY_GOAL, GROWTH_GOAL = 0.16, 20.0, 10e9, 1.2
 # Real sizes, and the tiny ones of --smoke (CPU, under a minute in all).
-SIZES = {"real": {"train_s": 150, "d": 512, "scale_items": (10_000, 1_000_000, 10_000_000), "B": 128, "L": 200,
-                  "steps": 10, "warmup": 3, "rank_items": 1_000_000, "rank_users": 4096, "ksub": 256},
+SIZES = {"real": {"train_s": 140, "d": 512, "scale_items": (10_000, 1_000_000, 10_000_000), "B": 128, "L": 200,
+                  "steps": 10, "warmup": 3, "rank_items": 1_000_000, "rank_users": 1024, "ksub": 256},
          "smoke": {"train_s": 0, "d": 16, "scale_items": (1_000, 5_000), "B": 8, "L": 20, "steps": 2, "warmup": 1,
                    "rank_items": 5_000, "rank_users": 64, "ksub": 16}}
 
@@ -101,7 +103,10 @@ def part_ml1m(out: Path, smoke: bool) -> dict[str, Any]:
     s, work, log = SIZES["smoke" if smoke else "real"], out / "work" / "ml1m", out / "logs" / "ml1m.log"
     work.mkdir(parents=True, exist_ok=True)
     fell_back = smoke or not ML1M.exists()
-    raw = SAMPLE if fell_back else ML1M
+    raw = SAMPLE if fell_back else work / "ml-1m.txt"
+    if not fell_back:
+        with gzip.open(ML1M, "rb") as src, raw.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
     ds, codes, run, peak = work / "data", work / "codes.npy", work / "run", work / "peak"
     prep = cli(["prepare", raw, "--out", ds, "--overwrite"], work / "prepare.json", log=log)
     cli(["assign", ds, "--strategy", "svd-kmeans", "--dim", s["d"], "--centroids", s["ksub"], "--out", codes,
@@ -115,9 +120,9 @@ def part_ml1m(out: Path, smoke: bool) -> dict[str, Any]:
     train_peak = int(peak.read_text())
     e = cli(["evaluate", run, "--data", ds, "--device", device(smoke)], work / "evaluate.json", peak=peak, log=log)
     ndcg = e["runs"][0]["metrics"]["NDCG@10"]
-    data = "sample_data/interactions.csv" if fell_back else ".gpu/ml-1m.txt"
+    data = "sample_data/interactions.csv" if fell_back else ".gpu/ml-1m.txt.gz"
     return {"status": "ok", "dataset": data, "fell_back_to_sample_data": fell_back,
-            "warning": ("NOT ML-1M: .gpu/ml-1m.txt was missing, so this ran on sample_data (run "
+            "warning": ("NOT ML-1M: .gpu/ml-1m.txt.gz was missing, so this ran on sample_data (run "
                         "benchmarks/gpu_prepare.sh and carry .gpu)") if fell_back and not smoke else "",
             "users": prep["n_users"], "items": prep["n_items"], "d": s["d"], "steps": t["steps"],
             "train_s": t["elapsed_s"], "stop_reason": t["stop_reason"], "step_s": t["step_s"],

@@ -27,6 +27,7 @@ def test_smoke_writes_both_reports_with_every_part_ok(tmp_path) -> None:
         assert p["status"] == "ok", (name, p.get("error"), res.stderr[-2000:])
         assert p["seconds"] > 0
     assert res.returncode == 0, res.stderr[-2000:]
+    assert not (out / "logs" / "pip.log").exists()  # polars and pytest importable here: nothing installed
     assert rep["device"] and rep["torch"] and rep["mode"] == "smoke"
     assert parts["pytest"]["tests"] >= 1 and parts["pytest"]["failures"] == 0
     ml = parts["ml1m"]
