@@ -45,7 +45,7 @@ done
 if [ ${#SMOKE[@]} -gt 0 ]; then
   BOX=(pytest:60 ml1m:60 scale:60 ranking:60)
 else
-  BOX=(pytest:45 ml1m:180 scale:35 ranking:30)
+  BOX=(pytest:40 ml1m:190 scale:35 ranking:30)
 fi
 for entry in "${BOX[@]}"; do
   part=${entry%%:*} box=${entry#*:}
