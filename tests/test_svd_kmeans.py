@@ -257,8 +257,18 @@ def test_a_run_that_cannot_fit_is_refused_naming_dim(sample_ds, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_memory_estimate_is_shown_before_the_work(sample_ds, tmp_path):
-    res = _ok(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "c.npy"])
+def test_memory_estimate_is_shown_before_the_work(sample_ds, tmp_path, monkeypatch):
+    """On a terminal it is printed before the work; in a log it is in --json (stderr keeps only summaries)."""
+    import json
+
+    from rich.console import Console
+
+    res = _ok(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "c.npy",
+               "--json", tmp_path / "a.json"])
+    assert "memory estimate" not in res.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["memory_estimate_bytes"] > 0
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    res = _ok(["assign", sample_ds, "--dim", 32, "-m", 4, "-b", 16, "--out", tmp_path / "d.npy"])
     assert "memory estimate" in res.stderr and "GiB available" in res.stderr
 
 
