@@ -39,8 +39,8 @@ def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
             delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
             if delay > 0:
                 time.sleep(delay)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
-        first = (str(getattr(e, "strerror", None) or e).splitlines() or [type(e).__name__])[0][:160]
+    except RuntimeError as e:  # torch reports a failed write as RuntimeError (data.io converts OSErrors)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise InputError(f"{path}: cannot write the checkpoint ({first}); free space or fix permissions, "
                          "then --resume") from None
 

@@ -35,7 +35,7 @@ from recjpq_cli.models import losses
 from recjpq_cli.models.registry import build_model, count_parameters, model_args_from_config
 from recjpq_cli.negatives import uniform_negatives
 from recjpq_cli.ranking import target_ranks
-from recjpq_cli.runfolder import BEST, CONFIG, LAST, METRICS, RunLock, write_metrics
+from recjpq_cli.runfolder import BEST, CONFIG, LAST, RunLock, write_metrics
 
 TARGET_METRIC = "NDCG@10"
 VAL_BATCH = 256
@@ -418,19 +418,11 @@ class Saver:
         last, best = self.run / LAST, self.run / BEST
         save_checkpoint(last, ckpt | {"metrics_row": row})
         if improved or not best.exists():
-            with atomic_file(best) as tmp:
-                _write_or_fail(best, lambda: shutil.copyfile(last, tmp))
+            with atomic_file(best) as tmp:  # data.io turns a failed write into one error naming ``best``
+                shutil.copyfile(last, tmp)
         self.rows = [r for r in self.rows if r.get("step") != row["step"]] + [row]
-        _write_or_fail(self.run / METRICS, lambda: write_metrics(self.run, self.rows))
+        write_metrics(self.run, self.rows)
         self.saved_step = int(row["step"])
-
-
-def _write_or_fail(path: Path, write: Any) -> None:
-    try:
-        write()
-    except OSError as e:
-        raise InputError(f"{path}: cannot write ({e.strerror or e}); free space or fix permissions, then "
-                         "--resume") from None
 
 
 # ----------------------------------------------------------------------------------------------- the loop
