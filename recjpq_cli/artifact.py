@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recjpq_cli.data.io import atomic_file
-from recjpq_cli.errors import InputError
+from recjpq_cli.errors import InputError, first_line
 
 FORMAT = "recjpq-model"
 ARTIFACT_FORMAT_VERSION = 1
@@ -224,7 +224,7 @@ def read_artifact(path: Path, device: str | torch.device = "cpu") -> Artifact:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type, and OS errors
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise InputError(f"{path}: corrupt or truncated model file ({first})") from None
     if meta.get("format_version") != str(ARTIFACT_FORMAT_VERSION):
         raise InputError(f"{path}: unsupported model file format_version {meta.get('format_version')!r} "
@@ -244,7 +244,7 @@ def read_artifact(path: Path, device: str | torch.device = "cpu") -> Artifact:
         state = {k: (v.float() if v.is_floating_point() else v.to(torch.int32)) for k, v in tensors.items()}
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise InputError(f"{path}: weights do not match the model arguments ({first})") from None
     model.eval().to(device)
     return Artifact(path=path, model=model, model_args=args, fingerprint=meta["dataset_fingerprint"],

@@ -19,7 +19,7 @@ from torch import nn
 
 from recjpq_cli.data.io import atomic_file
 from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION
-from recjpq_cli.errors import InputError
+from recjpq_cli.errors import InputError, first_line
 
 REQUIRED_KEYS = ("format_version", "model", "embedding", "model_args", "config", "state_dict", "epoch", "step",
                  "dataset_fingerprint")
@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
             if delay > 0:
                 time.sleep(delay)
     except RuntimeError as e:  # torch reports a failed write as RuntimeError (data.io converts OSErrors)
-        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         raise InputError(f"{path}: cannot write the checkpoint ({first}); free space or fix permissions, "
                          "then --resume") from None
 
@@ -60,7 +60,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                          "values, which are never loaded (nothing is unpickled)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
             KeyError, AttributeError, TypeError, IndexError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise InputError(f"{path}: corrupt or truncated checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise InputError(f"{path}: not a recjpq checkpoint (keys missing)")
@@ -76,7 +76,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint")
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise InputError(f"{path}: weights do not match the model arguments ({first})") from None
     model.eval()
     return model

@@ -13,7 +13,7 @@ from typing import Any
 
 from recjpq_cli.data.io import read_yaml
 from recjpq_cli.data.schema import DATASET_YAML
-from recjpq_cli.errors import InputError
+from recjpq_cli.errors import InputError, first_line
 
 DATASET_KEY = "dataset"  # the dataset folder's absolute path
 FINGERPRINT_KEY = "dataset_fingerprint"
@@ -47,7 +47,7 @@ def _from_model_file(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type, and OS errors
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise InputError(f"{path}: corrupt or truncated model file ({first})") from None
 
 

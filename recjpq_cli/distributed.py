@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
-from recjpq_cli.errors import ConfigError
+from recjpq_cli.errors import ConfigError, first_line
 
 RENDEZVOUS_TIMEOUT_S = int(os.environ.get("RECJPQ_DIST_TIMEOUT", "60"))
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -60,7 +60,7 @@ def init(device_pref: str = "auto") -> DistContext:
         tdist.init_process_group(backend, rank=rank, world_size=world,
                                  timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
     except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError / DistStoreError are RuntimeErrors
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise ConfigError(f"cannot join the process group at {os.environ['MASTER_ADDR']}:"
                           f"{os.environ['MASTER_PORT']} ({first})") from None
     return DistContext(world_size=world, rank=rank, local_rank=local, device=device, initialized=True)

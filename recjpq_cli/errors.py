@@ -33,3 +33,9 @@ class NonFiniteError(RecJPQError):
 
 class ResourceError(RecJPQError):
     """The job would not fit in the available memory."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most ``limit`` chars:
+    what a one-line error may quote of a library's multi-line message."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:limit]

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from recjpq_cli.errors import InputError, OutputExistsError, RecJPQError, WriteError
+from recjpq_cli.errors import InputError, OutputExistsError, RecJPQError, WriteError, first_line
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -240,7 +240,7 @@ def read_yaml(path: Path, what: str = "YAML file") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e, 10_000)
         raise InputError(f"{path}: not valid YAML ({first})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: {what} must hold a mapping of keys to values")
