@@ -23,6 +23,7 @@ from torch import nn
 
 from recjpq_cli.data.io import atomic_file
 from recjpq_cli.errors import InputError, first_line
+from recjpq_cli.jpq.codebook import codes_dtype_name, codes_torch_dtype
 
 FORMAT = "recjpq-model"
 ARTIFACT_FORMAT_VERSION = 1
@@ -32,26 +33,21 @@ IDMAP_ITEMS, IDMAP_USERS = "idmap.items", "idmap.users"
 CHECKPOINTS = ("best", "last")
 
 
-def codes_dtype_name(ksub: int) -> str:
-    """The dtype of CODES.npy for this many centroids per split."""
-    return "uint8" if ksub <= 256 else "uint16"
-
-
 # ------------------------------------------------------------------------------------------- building
 
 
 def build(model_args: dict[str, Any]) -> nn.Module:
     """``build_model`` plus the post-hoc variant with separate input codes (``input_pq`` in the args)."""
-    from recjpq_cli.jpq.pq import PQInputJPQ, codes_dtype
-    from recjpq_cli.models.registry import build_model
+    from recjpq_cli.jpq.pq import PQInputJPQ
+    from recjpq_cli.models.registry import build_model, extra_tokens
 
-    model = build_model(model_args)
-    if model_args.get("input_pq"):
-        n, m, ksub = model_args["n_items"], model_args["M"], model_args["ksub"]
-        zeros = torch.zeros(n + 1, m, dtype=codes_dtype(ksub))
-        model.items = PQInputJPQ(codes=zeros, ksub=ksub, d=model_args["d"], input_codes=zeros.clone(),
-                                 extra_tokens=1 if model_args["model"] == "bert4rec" else 0)
-    return model
+    if not model_args.get("input_pq"):
+        return build_model(model_args)
+    n, m, ksub = model_args["n_items"], model_args["M"], model_args["ksub"]
+    zeros = torch.zeros(n + 1, m, dtype=codes_torch_dtype(ksub))
+    items = PQInputJPQ(codes=zeros, ksub=ksub, d=model_args["d"], input_codes=zeros.clone(),
+                       extra_tokens=extra_tokens(model_args))
+    return build_model(model_args, items=items)
 
 
 # --------------------------------------------------------------------------------------------- sizes
@@ -318,8 +314,8 @@ def load_model(source: Path, *, checkpoint: str = "best", data: Path, fingerprin
         check_state(ckpt["state_dict"], ckpt["model_args"], file)
         model = model_from_checkpoint(ckpt, file).to(device)
         args = ckpt["model_args"]
-        ksub = args.get("ksub") or 256
-        size = model_size(model, args["n_items"], args["d"], codes_itemsize=1 if ksub <= 256 else 2,
+        size = model_size(model, args["n_items"], args["d"],
+                          codes_itemsize=CODES_DTYPES[codes_dtype_name(args.get("ksub") or 256)].itemsize,
                           centroid_itemsize=4, file_bytes=file.stat().st_size)
         return LoadedModel(name=source.name, source=source, file=file, kind="run", model=model,
                            model_args=args, fingerprint=fp, size=size)

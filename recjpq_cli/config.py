@@ -1,7 +1,11 @@
 """The training configuration: one frozen dataclass, flat keys, defaults per model.
 
-Precedence: command-line flag > ``--set key=value`` > ``--config`` file > model default.
-Values of ``--set`` are parsed as YAML (never evaluated). Unknown keys and wrong types are errors.
+Precedence: command-line flag > ``--set key=value`` > ``--config`` file > model default (each model's spec,
+``models/registry.py``) > the dataclass default. Values of ``--set`` are parsed as YAML (never evaluated).
+Unknown keys, wrong types and keys of another model (``num_heads`` for GRU4Rec) are errors.
+
+A saved config (``config.yaml``, a checkpoint's ``config``) holds the common keys and the model's own keys; a
+key missing from it (a run written before the key existed) takes the model's default.
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ import yaml
 
 from recjpq_cli.data.io import read_yaml
 from recjpq_cli.errors import ConfigError
+from recjpq_cli.models import objective
+from recjpq_cli.models.base import EMBEDDINGS
+from recjpq_cli.models.registry import DEFAULT_MODEL, MODELS, specs
+from recjpq_cli.models.registry import model_keys as _all_model_keys
 
-MODELS = ("sasrec", "gsasrec", "bert4rec")
+MODEL_KEYS = _all_model_keys()
+SPECS = specs()
+
 NEGATIVES_PER = ("position", "sequence")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "sasrec"
+    model: str = DEFAULT_MODEL
     embedding: str = "jpq"  # jpq | full
     d: int = 512
     max_len: int = 200
@@ -33,6 +43,7 @@ class TrainConfig:
     dropout: float = 0.5
     batch_size: int = 128
     lr: float = 1e-3
+    loss: str = "bce"  # bce | gbce | ce (models/objective.py)
     negatives: int = 1
     gbce_t: float = 0.0
     negatives_per: str = "position"
@@ -63,18 +74,21 @@ class TrainConfig:
         return -math.log(self.negatives) if self.negatives > 1 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The keys this model reads (the common ones and its own), as ``config.yaml`` stores them."""
+        own = model_keys(self.model)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in MODEL_KEYS or k in own}
 
 
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sasrec": {},
-    "gsasrec": {"negatives": 256, "gbce_t": 0.75},
-    "bert4rec": {"num_blocks": 3, "num_heads": 2, "ffn_dim": 128, "dropout": 0.2, "batch_size": 64,
-                 "lr": 1e-4, "negatives": 0},
-}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(s.defaults) for name, s in SPECS.items()}
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 _KEYS = tuple(_FIELD_TYPES)
+
+
+def model_keys(model: str) -> tuple[str, ...]:
+    """The model-specific keys ``model`` reads."""
+    s = SPECS[model]
+    return (*s.keys, *s.task.keys)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -125,10 +139,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _check_keys(d: dict[str, Any], source: str) -> None:
+def _check_keys(d: dict[str, Any], source: str, model: str | None = None) -> None:
     unknown = sorted(set(d) - set(_KEYS))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_KEYS)}")
+    if model is not None:
+        foreign = sorted((set(d) & set(MODEL_KEYS)) - set(model_keys(model)))
+        if foreign:
+            own = ", ".join(model_keys(model)) or "none"
+            raise ConfigError(f"{source}: {', '.join(foreign)} not used by model {model} (its own keys: {own})")
 
 
 def build_config(model: str, *, config_file: Path | None = None, overrides: dict[str, Any] | None = None,
@@ -145,7 +164,7 @@ def build_config(model: str, *, config_file: Path | None = None, overrides: dict
     if flags:
         layers.append(("option", {k: v for k, v in flags.items() if v is not None}))
     for source, layer in layers:
-        _check_keys(layer, source)
+        _check_keys(layer, source, model)
         for k, v in layer.items():
             if k == "model" and v != model:
                 raise ConfigError(f"{source}: model '{v}' contradicts --model {model}")
@@ -157,7 +176,8 @@ def build_config(model: str, *, config_file: Path | None = None, overrides: dict
 
 def validate(cfg: TrainConfig) -> None:
     checks = [
-        (cfg.embedding in ("jpq", "full"), f"embedding must be jpq or full, got '{cfg.embedding}'"),
+        (cfg.model in MODELS, f"model must be one of {', '.join(MODELS)}, got '{cfg.model}'"),
+        (cfg.embedding in EMBEDDINGS, f"embedding must be one of {', '.join(EMBEDDINGS)}, got '{cfg.embedding}'"),
         (cfg.d >= 1, "d must be >= 1"),
         (cfg.max_len >= 2, "max_len must be >= 2"),
         (cfg.num_blocks >= 1, "num_blocks must be >= 1"),
@@ -166,7 +186,7 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.dropout < 1.0, "dropout must be in [0, 1)"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
         (cfg.lr > 0, "lr must be > 0"),
-        (cfg.negatives >= (0 if cfg.model == "bert4rec" else 1), "negatives must be >= 1"),
+        (cfg.negatives >= 0, "negatives must be >= 0 (0: full softmax with loss=ce)"),
         (0.0 <= cfg.gbce_t <= 1.0, "gbce_t must be in [0, 1]"),
         (cfg.negatives_per in NEGATIVES_PER, f"negatives_per must be one of {', '.join(NEGATIVES_PER)}"),
         (0.0 < cfg.mask_prob < 1.0, "mask_prob must be in (0, 1)"),
@@ -181,11 +201,27 @@ def validate(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    problem = objective.check(cfg)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _saved_defaults(model: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """Defaults for keys a saved config lacks: the model's, except that a run written before ``loss`` existed
+    trained its next-item negatives with gBCE when ``gbce_t`` was set (BCE is gBCE with t = 0)."""
+    out = dict(MODEL_DEFAULTS[model])
+    if "loss" not in saved and saved.get("negatives", out.get("negatives", 1)):
+        out["loss"] = "gbce" if float(saved.get("gbce_t", out.get("gbce_t", 0.0))) > 0 else out.get("loss", "bce")
+    return out
 
 
 def from_dict(d: dict[str, Any], source: str) -> TrainConfig:
-    """A saved (resolved) config, checked."""
+    """A saved (resolved) config, checked; keys it lacks take the model's defaults."""
     _check_keys(d, source)
-    cfg = TrainConfig(**{k: _coerce(k, v, source) for k, v in d.items()})
+    model = d.get("model", DEFAULT_MODEL)
+    if model not in MODELS:
+        raise ConfigError(f"{source}: unknown model '{model}'; valid models: {', '.join(MODELS)}")
+    values = {k: v for k, v in _saved_defaults(model, d).items() if k not in d} | dict(d)
+    cfg = TrainConfig(**{k: _coerce(k, v, source) for k, v in values.items()})
     validate(cfg)
     return cfg

@@ -47,33 +47,23 @@ class Estimate:
 
 
 def estimate(cfg: TrainConfig, n_items: int, n_interactions: int, M: int | None, ksub: int | None) -> Estimate:
-    """An upper-side estimate of a training run's peak memory in bytes (fp32)."""
-    d, L, B, nb = cfg.d, cfg.max_len, cfg.batch_size, cfg.num_blocks
-    ffn = cfg.resolved_ffn_dim()
-    extra = 1 if cfg.model == "bert4rec" else 0
-    backbone = L * d + nb * (4 * d * d + 4 * d + 2 * d * ffn + ffn + d + 4 * d) + 2 * d
+    """An upper-side estimate of a training run's peak memory in bytes (fp32): the model's terms from its
+    spec (backbone parameters, activations, extra tokens), the loss's from ``objective.scores_bytes``."""
+    from recjpq_cli.jpq.codebook import BYTE_KSUB
+    from recjpq_cli.models import objective
+    from recjpq_cli.models.registry import spec
+
+    s = spec(cfg.model)
+    d, extra = cfg.d, s.extra_tokens
     if cfg.embedding == "jpq":
         item_params = (ksub or 256) * d + extra * d
-        buffers = (n_items + 1) * (M or 8) * (1 if (ksub or 256) <= 256 else 4)
+        buffers = (n_items + 1) * (M or 8) * (1 if (ksub or 256) <= BYTE_KSUB else 4)
     else:
         tables = 1 if cfg.tie_embeddings else 2
         item_params = tables * (n_items + 1) * d + extra * d
         buffers = 0
-    params = backbone + item_params
-    # Per block: qkv, attention probabilities, projections, ffn and layer norms, kept for backward.
-    act = B * L * (nb * (12 * d + 2 * ffn) + 4 * d) * 4 + B * cfg.num_heads * L * L * nb * 3 * 4
-    if cfg.model == "bert4rec":
-        masked = max(1, int(B * L * cfg.mask_prob * 1.5))
-        scores = masked * (n_items + 2) * 4 * 3  # logits, softmax, gradient
-    else:
-        k = cfg.negatives
-        per = L if cfg.negatives_per == "position" else 1
-        scores = B * L * (k + 1) * 4 * 3
-        if cfg.embedding == "jpq" and k > 4 and M and ksub:
-            scores += B * L * M * ksub * 4 * 3  # sub-item score tables and their gradient
-            scores += B * per * k * M * 8  # gathered codes
-        elif k > 4:
-            scores += B * L * 8 * d * 4 * 2  # dense candidates embedded 8 at a time
+    params = s.backbone_parameters(cfg) + item_params
+    scores = objective.scores_bytes(cfg, s, n_items, M, ksub)
     data = n_interactions * 16
     return Estimate(parameters=params, weights_bytes=params * 4 * 4, buffers_bytes=buffers,
-                    activations_bytes=act, scores_bytes=scores, data_bytes=data)
+                    activations_bytes=s.activation_bytes(cfg), scores_bytes=scores, data_bytes=data)

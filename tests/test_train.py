@@ -212,7 +212,7 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, c
 
 def test_unknown_model_is_a_usage_error(ds_codes, tmp_path) -> None:
     ds, codes = ds_codes
-    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--model", "gru4rec", "--out", tmp_path / "r"])
+    res = _run(CliRunner(), ["train", ds, "--codes", codes, "--model", "caser", "--out", tmp_path / "r"])
     assert res.exit_code == 2
     assert "sasrec" in res.stderr and "bert4rec" in res.stderr
     assert not (tmp_path / "r").exists()
@@ -236,9 +236,9 @@ def test_corrupt_checkpoint_on_resume_is_an_error_and_run_is_untouched(ds_codes,
 
 def test_memory_estimate_refuses_before_allocating(ds_codes, tmp_path, monkeypatch) -> None:
     ds, _ = ds_codes
-    import recjpq_cli.stages.train as st
+    import recjpq_cli.training.setup as setup
 
-    monkeypatch.setattr(st, "available_bytes", lambda device: 1024)
+    monkeypatch.setattr(setup, "available_bytes", lambda device: 1024)
     res = _run(CliRunner(), ["train", ds, "--embedding", "full", "--out", tmp_path / "r", *SMALL])
     assert res.exit_code == 1
     line = _one_error_line(res)

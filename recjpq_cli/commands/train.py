@@ -1,4 +1,5 @@
-"""``recjpq train``: fit SASRec, gSASRec or BERT4Rec with RecJPQ or dense item embeddings."""
+"""``recjpq train``: fit a sequential recommender (the models of ``models/registry.py``) with RecJPQ or dense
+item embeddings."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from recjpq_cli.commands.common import Device, DeviceOpt, JsonOpt, OverwriteOpt, QuietOpt, emit, user_errors
+from recjpq_cli.models.registry import DEFAULT_MODEL, MODELS
 
-
-class Model(str, Enum):
-    sasrec = "sasrec"
-    gsasrec = "gsasrec"
-    bert4rec = "bert4rec"
+Model = Enum("Model", {name: name for name in MODELS}, type=str)  # the registry's names (no torch import)
 
 
 class Embedding(str, Enum):
@@ -64,7 +62,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.", show_default=False)],
     codes: Annotated[Optional[Path], typer.Option("--codes", help="CODES.npy from `recjpq assign` (RecJPQ embeddings).")] = None,
     embedding: Annotated[Optional[Embedding], typer.Option("--embedding", help="jpq (needs --codes) or full (dense baseline).")] = None,
-    model: Annotated[Optional[Model], typer.Option("--model", help="Backbone and loss. [default: sasrec]", show_default=False)] = None,
+    model: Annotated[Optional[Model], typer.Option("--model", help=f"Backbone and training task: {', '.join(MODELS)}. [default: {DEFAULT_MODEL}]", show_default=False)] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value (value parsed as YAML); repeatable.")] = None,
     device: DeviceOpt = Device.auto,

@@ -61,3 +61,16 @@ def attention_mask(seq: Tensor, causal: bool) -> Tensor:
     if causal:
         m = m & torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
     return m
+
+
+def transformer_parameters(cfg) -> int:
+    """Backbone parameters of a transformer of ``num_blocks`` blocks (positions, blocks, final norm)."""
+    d, ffn, nb = cfg.d, cfg.resolved_ffn_dim(), cfg.num_blocks
+    return cfg.max_len * d + nb * (4 * d * d + 4 * d + 2 * d * ffn + ffn + d + 4 * d) + 2 * d
+
+
+def transformer_activations(cfg) -> int:
+    """Bytes a transformer keeps for backward per batch: per block qkv, attention probabilities,
+    projections, ffn and layer norms (fp32)."""
+    d, L, B, nb, ffn = cfg.d, cfg.max_len, cfg.batch_size, cfg.num_blocks, cfg.resolved_ffn_dim()
+    return B * L * (nb * (12 * d + 2 * ffn) + 4 * d) * 4 + B * cfg.num_heads * L * L * nb * 3 * 4

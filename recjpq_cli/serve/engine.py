@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recjpq_cli import __version__, retrieval
+from recjpq_cli import __version__, retrieval, scoring
 from recjpq_cli.data import sequences
 from recjpq_cli.errors import InputError
 
+CPU = torch.device("cpu")  # the server scores on the CPU
 CHUNK = 256  # queries encoded and ranked at once: bounds activations (B x max_len x d) whatever a batch holds
 # The transformer of a small batch runs on one thread: a second OpenMP thread waits for a core at every small
 # op (one tiny layer: 2.4 ms on one thread against 50-84 ms on two, on the shared 2-core machine). The top-k
@@ -147,7 +148,7 @@ class Engine:
         flat = np.concatenate([q.items for q in queries]).astype(np.int64)
         starts = np.cumsum(lens) - lens
         hist = sequences.windows(flat, starts, starts + lens, self.max_len)  # (B, max_len), left-padded
-        h = self.model.encode(torch.from_numpy(hist)).float()  # (B, d)
+        h = scoring.encode(self.model, torch.from_numpy(hist), CPU)  # (B, d), as evaluate and recommend encode
         ks = np.array([q.k for q in queries], dtype=np.int64)
         excl = np.array([q.exclude_seen for q in queries], dtype=bool)
         ids: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(queries)

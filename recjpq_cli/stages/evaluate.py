@@ -1,7 +1,7 @@
 """``evaluate``: full-catalogue metrics of runs and model files, with long-tail splits and paired t-tests.
 
 Every evaluated user's target is ranked against the whole catalogue (no sampled negatives) through
-``ranking.target_ranks`` (chunked; PQTopK for JPQ on the CPU). The input of a test user is everything before
+``scoring.ranks`` (the scoring loop training's validation uses; chunked, PQTopK for JPQ on the CPU). The input of a test user is everything before
 the test item; of a validation user, the training items. With ``filter_seen`` the input items leave the
 ranking, and a target that repeats one of them is a miss (counted and reported).
 """
@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recjpq_cli import scoring
 from recjpq_cli.data import kinds, sequences
 from recjpq_cli.data.io import atomic_file, check_not_input, check_output
 from recjpq_cli.data.schema import Dataset, dataset_files, load_dataset
@@ -152,26 +153,6 @@ def popularity_ranks(ds: Dataset, users: np.ndarray, pos: np.ndarray, filter_see
     return ranks
 
 
-@torch.no_grad()
-def model_ranks(model: torch.nn.Module, max_len: int, ds: Dataset, users: np.ndarray, pos: np.ndarray,
-                filter_seen: bool, batch_size: int, device: torch.device,
-                advance: Callable[[int], None] | None = None) -> np.ndarray:
-    from recjpq_cli.ranking import target_ranks
-
-    out = np.empty(len(users), dtype=np.int64)
-    for s in range(0, len(users), batch_size):
-        u, p = users[s:s + batch_size], pos[s:s + batch_size]
-        h = model.encode(sequences.histories(ds, u, p, max_len).to(device)).float()
-        tgt = torch.from_numpy(ds.item[p].astype(np.int64)).to(device)
-        rows = items = None
-        if filter_seen:
-            rows, items = (t.to(device) for t in sequences.seen_items(ds, u, p))
-        out[s:s + len(u)] = target_ranks(model.items, h, tgt, rows, items).cpu().numpy()
-        if advance is not None:
-            advance(len(u))
-    return out
-
-
 # ------------------------------------------------------------------------------------- statistics
 
 
@@ -221,7 +202,7 @@ def _names(sources: tuple[Path, ...]) -> list[str]:
 def run(cfg: EvaluateConfig, progress: Any = None) -> EvaluateResult:
     """Evaluate every source (and the popularity baseline) on the same users; write --per-user if asked."""
     from recjpq_cli.artifact import load_model
-    from recjpq_cli.stages.train import resolve_device
+    from recjpq_cli.device import resolve_device
 
     t0 = time.perf_counter()
     if cfg.split not in ("val", "test"):
@@ -261,8 +242,9 @@ def run(cfg: EvaluateConfig, progress: Any = None) -> EvaluateResult:
     for lm, name in zip(loaded, names, strict=True):
         t1 = time.perf_counter()
         try:
-            ranks = model_ranks(lm.model, int(lm.model_args["max_len"]), ds, users, pos, cfg.filter_seen,
-                                cfg.batch_size, device, _advancer(progress, f"evaluating {name}", len(users)))
+            ranks = scoring.ranks(lm.model, ds, users, pos, max_len=int(lm.model_args["max_len"]),
+                                  batch_size=cfg.batch_size, device=device, filter_seen=cfg.filter_seen,
+                                  advance=_advancer(progress, f"evaluating {name}", len(users)))
         except NonFiniteError as e:
             raise InputError(f"{lm.file}: {e}") from None
         finish(name, str(lm.source), lm.kind, ranks, lm.size, time.perf_counter() - t1)

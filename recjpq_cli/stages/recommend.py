@@ -1,7 +1,7 @@
 """``recommend``: top-k next items per user from a run or a model file, written as Parquet.
 
 The input of each user is the whole known sequence (training, validation and test items); seen items are
-filtered out of the ranking by default. Scoring is ``retrieval.topk``: the lists of evaluation's top-k, by the
+filtered out of the ranking by default. Scoring is ``scoring.top_k`` over ``retrieval.topk``: the lists of evaluation's top-k, by the
 pruned search of ``jpq/prune.py`` for large JPQ catalogues on the CPU, else PQTopK or the chunked torch path. Columns: ``user`` (raw id), ``rank`` (1..k), ``item`` (raw id), ``score``.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
-from recjpq_cli.data import kinds, sequences
+from recjpq_cli import scoring
+from recjpq_cli.data import kinds
 from recjpq_cli.data.io import atomic_file, check_not_input, check_output
 from recjpq_cli.data.schema import Dataset, dataset_files, load_dataset
 from recjpq_cli.errors import ConfigError, InputError, NonFiniteError
@@ -87,34 +87,9 @@ def read_users(path: Path, ds: Dataset) -> np.ndarray:
     return joined["user"].to_numpy().astype(np.int64)
 
 
-@torch.no_grad()
-def recommend_ids(model: torch.nn.Module, max_len: int, ds: Dataset, users: np.ndarray, k: int,
-                  filter_seen: bool, batch_size: int, device: torch.device,
-                  progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """(B, k) item ids and scores per user, best first; -inf marks slots with no item left to recommend."""
-    from recjpq_cli.retrieval import topk  # pruned top-k on large JPQ catalogues, else ranking.topk
-
-    k = min(k, ds.n_items)
-    ids = np.empty((len(users), k), dtype=np.int64)
-    scores = np.empty((len(users), k), dtype=np.float32)
-    task = progress.add_task("recommending", total=len(users), info="") if progress is not None else None
-    for s in range(0, len(users), batch_size):
-        u = users[s:s + batch_size]
-        end = ds.offsets[u + 1]  # the whole known sequence
-        h = model.encode(sequences.histories(ds, u, end, max_len).to(device)).float()
-        rows = items = None
-        if filter_seen:
-            rows, items = (t.to(device) for t in sequences.seen_items(ds, u, end))
-        sc, it = topk(model.items, h, k, rows, items)
-        ids[s:s + len(u)], scores[s:s + len(u)] = it.cpu().numpy(), sc.float().cpu().numpy()
-        if task is not None:
-            progress.update(task, advance=len(u))
-    return ids, scores
-
-
 def run(cfg: RecommendConfig, progress: Any = None) -> RecommendResult:
     from recjpq_cli.artifact import load_model
-    from recjpq_cli.stages.train import resolve_device
+    from recjpq_cli.device import resolve_device
 
     t0 = time.perf_counter()
     if cfg.k < 1:
@@ -131,8 +106,11 @@ def run(cfg: RecommendConfig, progress: Any = None) -> RecommendResult:
     users = read_users(cfg.users_file, ds) if cfg.users_file is not None else np.arange(ds.n_users, dtype=np.int64)
     lm = load_model(cfg.source, checkpoint=cfg.checkpoint, data=cfg.data, fingerprint=ds.fingerprint, device=device)
     try:
-        ids, scores = recommend_ids(lm.model, int(lm.model_args["max_len"]), ds, users, cfg.k, cfg.filter_seen,
-                                    cfg.batch_size, device, progress)
+        task = progress.add_task("recommending", total=len(users), info="") if progress is not None else None
+        ids, scores = scoring.top_k(lm.model, ds, users, ds.offsets[users + 1], cfg.k,
+                                    max_len=int(lm.model_args["max_len"]), batch_size=cfg.batch_size,
+                                    device=device, filter_seen=cfg.filter_seen,
+                                    advance=(lambda n: progress.update(task, advance=n)) if task is not None else None)
     except NonFiniteError as e:
         raise InputError(f"{lm.file}: {e}") from None
     k = ids.shape[1]

@@ -1,0 +1,135 @@
+"""Training tasks: which users a model trains on, the batch it learns from and where it predicts.
+
+A task turns a batch of users into ``Prediction``s: sequence states ``h`` at the positions that predict an
+item, the item each should predict, which positions count, and the negatives drawn for them. The loss
+(``models/objective.py``) scores them; the task never sees the loss.
+
+- ``NEXT_ITEM`` (SASRec, gSASRec, GRU4Rec): every position of a user's training window predicts the item after
+  it (a causal backbone).
+- ``MASKED`` (BERT4Rec, Cloze): a random ``mask_prob`` of the window's items, and always the last one, are
+  replaced by the mask token; the backbone predicts them from both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recjpq_cli.data import sequences
+from recjpq_cli.device import autocast, to_device
+from recjpq_cli.negatives import uniform_negatives
+
+if TYPE_CHECKING:
+    from recjpq_cli.config import TrainConfig
+    from recjpq_cli.data.schema import Dataset
+    from recjpq_cli.models.base import Backbone
+
+
+@dataclass
+class Prediction:
+    """What a batch predicts. ``h`` (..., d) float32, ``target`` (...,) item ids, ``valid`` (...,) bool;
+    ``negatives`` (..., K) per position, or (B, K) shared by the positions of a sequence (``h`` is then
+    (B, L, d)), or None (full softmax)."""
+
+    h: Tensor
+    target: Tensor
+    valid: Tensor
+    negatives: Tensor | None = None
+
+    @property
+    def shared_negatives(self) -> bool:
+        return self.negatives is not None and self.negatives.dim() == self.h.dim() - 1
+
+
+class Task:
+    name: str
+    keys: tuple[str, ...] = ()  # config keys the task reads beyond the common ones
+
+    def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
+        """Internal ids of the users this task can train on."""
+        raise NotImplementedError
+
+    def batch(self, cfg: TrainConfig, ds: Dataset, users: np.ndarray, n_train: np.ndarray, step: int,
+              device: torch.device) -> dict[str, Tensor]:
+        """One step's tensors on ``device``, negatives included (drawn from (seed, step, user))."""
+        raise NotImplementedError
+
+    def predict(self, model: Backbone, batch: dict[str, Tensor], device: torch.device) -> Prediction:
+        raise NotImplementedError
+
+    def global_positions(self, cfg: TrainConfig, n_train: np.ndarray) -> float | None:
+        """The predicted positions of a whole (all processes') batch of users with these training lengths, when
+        known before the step; DDP divides the loss sum by it so that gradients equal one big batch's."""
+        return None
+
+    def predicted_positions(self, cfg: TrainConfig) -> int:
+        """An upper bound of the positions one batch predicts (the memory estimate's candidate scores)."""
+        raise NotImplementedError
+
+
+def _negatives(cfg: TrainConfig, step: int, users: np.ndarray, n_items: int, device: torch.device) -> Tensor | None:
+    if cfg.negatives == 0:
+        return None
+    u = to_device(torch.from_numpy(users), device)
+    return uniform_negatives(cfg.seed, step, u, cfg.max_len, cfg.negatives, n_items,
+                             per_position=cfg.negatives_per == "position")
+
+
+class NextItem(Task):
+    name = "next-item"
+
+    def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
+        return sequences.trainable_users(ds)
+
+    def batch(self, cfg, ds, users, n_train, step, device):
+        inp, tgt = sequences.train_batch(ds, users, cfg.max_len, n_train)
+        out = {"inp": to_device(inp, device), "tgt": to_device(tgt, device)}
+        negs = _negatives(cfg, step, users, ds.n_items, device)
+        return out | ({"negs": negs} if negs is not None else {})
+
+    def predict(self, model, batch, device):
+        inp, tgt = batch["inp"], batch["tgt"]
+        with autocast(device):
+            h = model.hidden(inp)
+        valid = (tgt != 0) & (inp != 0)  # a real target after a real input item
+        return Prediction(h=h.float(), target=tgt, valid=valid, negatives=batch.get("negs"))
+
+    def global_positions(self, cfg, n_train):
+        return max(1.0, float(np.minimum(n_train - 1, cfg.max_len).sum()))
+
+    def predicted_positions(self, cfg):
+        return cfg.batch_size * cfg.max_len
+
+
+class Masked(Task):
+    name = "masked"
+    keys = ("mask_prob",)
+
+    def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(n_train >= 1)
+
+    def batch(self, cfg, ds, users, n_train, step, device):
+        seq = to_device(sequences.masked_batch(ds, users, cfg.max_len, n_train), device)
+        real = seq != 0
+        mask = (torch.rand(seq.shape, device=device) < cfg.mask_prob) & real
+        mask[:, -1] |= real[:, -1]  # always predict the last item too: the task at inference
+        return {"seq": seq, "mask": mask}
+
+    def predict(self, model, batch, device):
+        seq, mask = batch["seq"], batch["mask"]
+        inp = torch.where(mask, torch.full_like(seq, model.items.n_items + 1), seq)  # the mask token
+        with autocast(device):
+            h = model.hidden(inp)
+        target = seq[mask]
+        return Prediction(h=h[mask].float(), target=target, valid=torch.ones_like(target, dtype=torch.bool))
+
+    def predicted_positions(self, cfg):
+        return max(1, int(cfg.batch_size * cfg.max_len * cfg.mask_prob * 1.5))
+
+
+NEXT_ITEM = NextItem()
+MASKED = Masked()
