@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import invoke
 from golden import GOLDEN, RUNS, measure
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import invoke
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v1"
