@@ -9,7 +9,7 @@
 # compress each JPQ run. Environment:
 #   DATASETS  datasets to run (default "ml-1m beauty")
 #   ROWS      rows to run (default all: sasrec-dense sasrec-random sasrec-svd sasrec-bpr sasrec-svd-kmeans
-#             gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd). MODEL-svd-kmeans rows are RecJPQ-HC: codes
+#             gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd; gru4rec-* rows too on request). MODEL-svd-kmeans rows are RecJPQ-HC: codes
 #             and starting centroids from `assign --strategy svd-kmeans --dim D` (assigned only when listed)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
@@ -71,7 +71,7 @@ for name in $DATASETS; do
   done
   # One table per model, its dense row first (the paired t-tests compare against it), then all rows.
   all=()
-  for model in sasrec gsasrec bert4rec; do
+  for model in sasrec gsasrec bert4rec gru4rec; do
     runs=()
     for row in $ROWS; do
       case $row in "$model"-dense) runs=("$dir/runs/$row" "${runs[@]}");; "$model"-*) runs+=("$dir/runs/$row");; esac
