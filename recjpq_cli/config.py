@@ -29,6 +29,7 @@ MODEL_KEYS = _all_model_keys()
 SPECS = specs()
 
 NEGATIVES_PER = ("position", "sequence")
+NEGATIVE_SAMPLING = ("uniform", "popularity")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class TrainConfig:
     negatives: int = 1
     gbce_t: float = 0.0
     negatives_per: str = "position"
+    negative_sampling: str = "uniform"  # uniform | popularity (proportional to training counts)
+    logq_correction: bool | None = None  # sampled softmax: subtract log q; None: on for popularity sampling
     mask_prob: float = 0.2
     tie_embeddings: bool = False
     val_users: int = 1024
@@ -64,6 +67,10 @@ class TrainConfig:
     # Added to every logit inside BCE/gBCE (never to ranking scores). None: -log(negatives), so the
     # negatives' summed gradient starts comparable to the positive's (prior-probability initialisation).
     logit_shift: float | None = None
+
+    def resolved_logq(self) -> bool:
+        """Whether sampled softmax corrects logits by the negatives' sampling log-probability."""
+        return self.negative_sampling == "popularity" if self.logq_correction is None else self.logq_correction
 
     def resolved_ffn_dim(self) -> int:
         return self.ffn_dim if self.ffn_dim is not None else self.d
@@ -113,7 +120,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             except ValueError:
                 raise bad from None
         raise bad
-    if t == "bool":
+    if t.startswith("bool"):
         if not isinstance(value, bool):
             raise bad
         return value
@@ -188,7 +195,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.lr > 0, "lr must be > 0"),
         (cfg.negatives >= 0, "negatives must be >= 0 (0: full softmax with loss=ce)"),
         (0.0 <= cfg.gbce_t <= 1.0, "gbce_t must be in [0, 1]"),
-        (cfg.negatives_per in NEGATIVES_PER, f"negatives_per must be one of {', '.join(NEGATIVES_PER)}"),
+        (cfg.negatives_per in NEGATIVES_PER, f"negatives_per must be one of {', '.join(NEGATIVES_PER)}, "
+                                             f"got {cfg.negatives_per!r}"),
+        (cfg.negative_sampling in NEGATIVE_SAMPLING, f"negative_sampling must be one of "
+                                                     f"{', '.join(NEGATIVE_SAMPLING)}, got {cfg.negative_sampling!r}"),
         (0.0 < cfg.mask_prob < 1.0, "mask_prob must be in (0, 1)"),
         (cfg.val_users >= 1, "val_users must be >= 1"),
         (cfg.patience >= 1, "patience must be >= 1"),

@@ -59,3 +59,22 @@ def test_old_run_compresses_recommends_and_resumes(old: Path, sample_ds: Path, m
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["steps"] == steps + 4
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps + 4
+
+
+def test_a_config_without_loss_reads_as_what_it_trained_with() -> None:
+    """Runs written before the ``loss`` key: gSASRec (gbce_t 0.75) reads as gbce, BERT4Rec as full-softmax ce,
+    and a SASRec config as bce (the model's default), not the dataclass default."""
+    import yaml
+
+    from recjpq_cli.config import from_dict
+
+    for model, loss in (("gsasrec", "gbce"), ("bert4rec", "ce")):
+        saved = yaml.safe_load((FIXTURES / f"{model}-run" / "config.yaml").read_text())
+        assert "loss" not in saved
+        for key in ("codes", "dataset", "dataset_fingerprint"):
+            saved.pop(key)
+        cfg = from_dict(saved, "config.yaml")
+        assert cfg.loss == loss and cfg.negatives == saved["negatives"]
+    old_sasrec = saved | {"model": "sasrec", "negatives": 1, "gbce_t": 0.0, "dropout": 0.5}
+    assert from_dict(old_sasrec, "config.yaml").loss == "bce"
+    assert from_dict(old_sasrec | {"gbce_t": 0.5}, "config.yaml").loss == "gbce"

@@ -50,14 +50,17 @@ def candidate_scores(items: ItemEmbedding, pred: Prediction) -> tuple[Tensor, Te
     return pos, neg
 
 
-def loss(cfg: TrainConfig, items: ItemEmbedding, pred: Prediction, denom: float | None = None) -> Tensor:
-    """The batch loss of ``pred`` under ``cfg.loss``; ``denom`` replaces the valid-position count (DDP)."""
+def loss(cfg: TrainConfig, items: ItemEmbedding, pred: Prediction, denom: float | None = None,
+         log_q: Tensor | None = None) -> Tensor:
+    """The batch loss of ``pred`` under ``cfg.loss``; ``denom`` replaces the valid-position count (DDP);
+    ``log_q`` (per item id) is sampled softmax's logQ correction."""
     if pred.negatives is None:
         return full_softmax(items, pred, denom)
     pos, neg = candidate_scores(items, pred)
     if cfg.loss == "ce":
         negs = pred.negatives.unsqueeze(-2) if pred.shared_negatives else pred.negatives
-        return losses.sampled_softmax_ce(pos, neg, pred.valid, pos_ids=pred.target, neg_ids=negs, denom=denom)
+        return losses.sampled_softmax_ce(pos, neg, pred.valid, pos_ids=pred.target, neg_ids=negs, log_q=log_q,
+                                         denom=denom)
     shift = cfg.resolved_logit_shift()
     if shift:
         pos, neg = pos + shift, neg + shift
@@ -94,15 +97,15 @@ class LossModule(torch.nn.Module):
     """The model plus its objective in ``forward`` (task predictions, then the loss), so DDP sees and
     synchronises the whole step."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, log_q: Tensor | None = None):
         from recjpq_cli.models.registry import spec
 
         super().__init__()
-        self.model, self.cfg, self.device = model, cfg, device
+        self.model, self.cfg, self.device, self.log_q = model, cfg, device, log_q
         self.task = spec(cfg.model).task
 
     def forward(self, denom: float | None = None, **batch: Tensor) -> Tensor:
         """The batch loss; ``denom`` (the valid positions of the whole global batch / world size) makes
         DDP's gradient average equal the gradient of one process with the whole batch."""
         pred = self.task.predict(self.model, batch, self.device)
-        return loss(self.cfg, self.model.items, pred, denom)
+        return loss(self.cfg, self.model.items, pred, denom, self.log_q)

@@ -21,12 +21,12 @@ from torch import Tensor
 
 from recjpq_cli.data import sequences
 from recjpq_cli.device import autocast, to_device
-from recjpq_cli.negatives import uniform_negatives
 
 if TYPE_CHECKING:
     from recjpq_cli.config import TrainConfig
     from recjpq_cli.data.schema import Dataset
     from recjpq_cli.models.base import Backbone
+    from recjpq_cli.models.sampling import Sampler
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Task:
         raise NotImplementedError
 
     def batch(self, cfg: TrainConfig, ds: Dataset, users: np.ndarray, n_train: np.ndarray, step: int,
-              device: torch.device) -> dict[str, Tensor]:
+              device: torch.device, sampler: Sampler) -> dict[str, Tensor]:
         """One step's tensors on ``device``, negatives included (drawn from (seed, step, user))."""
         raise NotImplementedError
 
@@ -71,24 +71,16 @@ class Task:
         raise NotImplementedError
 
 
-def _negatives(cfg: TrainConfig, step: int, users: np.ndarray, n_items: int, device: torch.device) -> Tensor | None:
-    if cfg.negatives == 0:
-        return None
-    u = to_device(torch.from_numpy(users), device)
-    return uniform_negatives(cfg.seed, step, u, cfg.max_len, cfg.negatives, n_items,
-                             per_position=cfg.negatives_per == "position")
-
-
 class NextItem(Task):
     name = "next-item"
 
     def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
         return sequences.trainable_users(ds)
 
-    def batch(self, cfg, ds, users, n_train, step, device):
+    def batch(self, cfg, ds, users, n_train, step, device, sampler):
         inp, tgt = sequences.train_batch(ds, users, cfg.max_len, n_train)
         out = {"inp": to_device(inp, device), "tgt": to_device(tgt, device)}
-        negs = _negatives(cfg, step, users, ds.n_items, device)
+        negs = sampler.draw(step, users, cfg.max_len, device)
         return out | ({"negs": negs} if negs is not None else {})
 
     def predict(self, model, batch, device):
@@ -112,12 +104,13 @@ class Masked(Task):
     def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
         return np.flatnonzero(n_train >= 1)
 
-    def batch(self, cfg, ds, users, n_train, step, device):
+    def batch(self, cfg, ds, users, n_train, step, device, sampler):
         seq = to_device(sequences.masked_batch(ds, users, cfg.max_len, n_train), device)
         real = seq != 0
         mask = (torch.rand(seq.shape, device=device) < cfg.mask_prob) & real
         mask[:, -1] |= real[:, -1]  # always predict the last item too: the task at inference
-        return {"seq": seq, "mask": mask}
+        negs = sampler.draw(step, users, cfg.max_len, device)  # (B, L, K) or (B, K); None: full softmax
+        return {"seq": seq, "mask": mask} | ({"negs": negs} if negs is not None else {})
 
     def predict(self, model, batch, device):
         seq, mask = batch["seq"], batch["mask"]
@@ -125,7 +118,11 @@ class Masked(Task):
         with autocast(device):
             h = model.hidden(inp)
         target = seq[mask]
-        return Prediction(h=h[mask].float(), target=target, valid=torch.ones_like(target, dtype=torch.bool))
+        negs = batch.get("negs")
+        if negs is not None:  # one row of K negatives per masked position: (N, K)
+            negs = negs[mask] if negs.dim() == 3 else negs[mask.nonzero()[:, 0]]
+        return Prediction(h=h[mask].float(), target=target, valid=torch.ones_like(target, dtype=torch.bool),
+                          negatives=negs)
 
     def predicted_positions(self, cfg):
         return max(1, int(cfg.batch_size * cfg.max_len * cfg.mask_prob * 1.5))

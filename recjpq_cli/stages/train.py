@@ -29,8 +29,10 @@ from recjpq_cli.data.schema import CHECKPOINT_FORMAT_VERSION, Dataset, load_data
 from recjpq_cli.dataset_record import record
 from recjpq_cli.device import resolve_device
 from recjpq_cli.errors import InputError, RecJPQError
+from recjpq_cli.models import sampling
 from recjpq_cli.models.objective import LossModule
 from recjpq_cli.models.registry import build_model, count_parameters, model_args_from_config, spec
+from recjpq_cli.models.sampling import Sampler
 from recjpq_cli.runfolder import LAST, RunLock
 from recjpq_cli.training import resume, setup
 from recjpq_cli.training.health import StepStats, diverged, weights_finite
@@ -117,9 +119,9 @@ class _Run:
     steps_per_epoch: int
     t_start: float
     resumed: bool
+    sampler: Sampler
     hint: str | None = None
     created_here: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run(req: TrainRequest, progress_cb: Any = None) -> TrainResult:
@@ -199,6 +201,7 @@ def _set_up(req: TrainRequest, ctx: Any, meta: dict[str, Any], cfg: TrainConfig,
 
         hint = check_codes_for_d(side, Path(codes_path), req.dataset, cfg.d, use_centroids=cfg.init_centroids)
     init_centroids = setup.load_init_centroids(cfg, codes_path, side) if ckpt is None else None
+    setup.check_negatives(cfg, meta, req.dataset)
     setup.check_memory(cfg, meta, codes, ksub, device)
     ds = load_dataset(req.dataset)
     args, model = _build(cfg, ds.n_items, codes, ksub, init_centroids, device)
@@ -211,8 +214,9 @@ def _set_up(req: TrainRequest, ctx: Any, meta: dict[str, Any], cfg: TrainConfig,
     rows = runfolder.reconcile_metrics(req.out, st.step, ckpt.get("metrics_row")) if ckpt is not None else []
     saver = Saver(req.out, rows, ctx.is_main)
     saver.saved_step = st.step if ckpt is not None else None
-    return _Run(req=req, cfg=cfg, ctx=ctx, device=device, ds=ds, model=model, opt=opt,
-                step_module=dist.wrap(LossModule(model, cfg, device), ctx),
+    negs = sampling.sampler(cfg, ds, device)
+    return _Run(req=req, cfg=cfg, ctx=ctx, device=device, ds=ds, model=model, opt=opt, sampler=negs,
+                step_module=dist.wrap(LossModule(model, cfg, device, negs.log_q), ctx),
                 validator=Validator(ds, cfg, device, ctx.rank, ctx.world_size), args=args, codes_path=codes_path,
                 codes_meta=codes_meta, saver=saver, st=st, n_train=n_train, trainable=trainable,
                 steps_per_epoch=_steps_per_epoch(cfg, len(trainable), ctx.world_size), t_start=t_start,
@@ -245,7 +249,7 @@ class _Loop:
         self.model, self.opt, self.step_module, self.validator = r.model, r.opt, r.step_module, r.validator
         self.args, self.codes_path, self.codes_meta, self.saver, self.st = r.args, r.codes_path, r.codes_meta, r.saver, r.st
         self.n_train, self.trainable, self.spe, self.t_start = r.n_train, r.trainable, r.steps_per_epoch, r.t_start
-        self.task = spec(r.cfg.model).task
+        self.task, self.sampler = spec(r.cfg.model).task, r.sampler
         self.stats = StepStats(r.device, r.ctx.world_size)
         self.step_seconds, self.steps_here = 0.0, 0
         self.progress = None
@@ -316,7 +320,7 @@ class _Loop:
         cfg, st = self.cfg, self.st
         t_step = time.perf_counter()
         loss = self.step_module(denom=denom, **self.task.batch(cfg, self.ds, batch, self.n_train, st.step,
-                                                               self.device))
+                                                               self.device, self.sampler))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

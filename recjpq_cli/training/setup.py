@@ -74,10 +74,23 @@ def check_memory(cfg: TrainConfig, meta: dict[str, Any], codes: torch.Tensor | N
                    codes.shape[1] if codes is not None else None, ksub)
     free = available_bytes(str(device))
     if est.total > free:
-        hint = ("train with RecJPQ codes (--codes) instead of --embedding full"
-                if cfg.embedding == "full" else "lower batch_size, max_len or negatives with --set")
+        if cfg.loss == "ce" and cfg.negatives == 0:  # the full softmax: (positions x n_items) logits
+            hint = ("the full softmax scores every item at every predicted position; train against sampled "
+                    "negatives: --set loss=gbce --set negatives=256 (or --set negatives=256 for sampled softmax)")
+        elif cfg.embedding == "full":
+            hint = "train with RecJPQ codes (--codes) instead of --embedding full"
+        else:
+            hint = "lower batch_size, max_len or negatives with --set"
         raise ResourceError(f"this run needs about {est.describe()}, but only {free / GIB:.1f} GiB is free on "
                             f"{device}; {hint}")
+
+
+def check_negatives(cfg: TrainConfig, meta: dict[str, Any], dataset: Path) -> None:
+    """A run cannot draw more negatives than there are items."""
+    n = int(meta["n_items"])
+    if cfg.negatives > n:
+        raise ConfigError(f"negatives={cfg.negatives:,} is more than the {n:,} items of {dataset}; "
+                          f"lower it with --set negatives=N (N <= {n:,})")
 
 
 def optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
