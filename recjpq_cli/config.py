@@ -63,6 +63,7 @@ class TrainConfig:
     item_lr: float | None = None  # Adam lr of the item embedding (JPQ centroids / dense tables); None: lr
     grad_clip: float = 0.0  # 0: off
     steps_per_epoch: int = 0  # 0: one pass over the training users
+    compile: bool = False  # torch.compile the training step (model + objective); off unless measured to win
     log_every: int = 10  # steps between progress updates: the loop's one device-to-host synchronisation
     # Added to every logit inside BCE/gBCE (never to ranking scores). None: -log(negatives), so the
     # negatives' summed gradient starts comparable to the positive's (prior-probability initialisation).

@@ -345,3 +345,22 @@ def test_a_signal_stops_training_like_ctrl_c(ds_codes, tmp_path, sig: str) -> No
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["step"] == facts["steps"] and (run / "best.pt").is_file()
     assert not list(tmp_path.glob(".*tmp*")) and not list(run.glob(".*tmp*"))
+
+
+def test_compile_key_compiles_the_training_step(ds_codes, tmp_path, monkeypatch) -> None:
+    """``compile: true`` runs the step through torch.compile (recorded here; the real compiler takes a minute
+    on the CPU, measured by benchmarks/bench_compile.py); the default does not."""
+    ds, codes = ds_codes
+    seen = []
+
+    def fake_compile(module, *a, **k):
+        seen.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    for flag, want in (("true", ["LossModule"]), ("false", [])):
+        seen.clear()
+        res = _run(CliRunner(), ["train", ds, "--codes", codes, "--out", tmp_path / flag, *SMALL, "--max-steps", 2,
+                                 "--set", f"compile={flag}"])
+        assert res.exit_code == 0, res.output
+        assert seen == want

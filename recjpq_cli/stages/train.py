@@ -215,8 +215,11 @@ def _set_up(req: TrainRequest, ctx: Any, meta: dict[str, Any], cfg: TrainConfig,
     saver = Saver(req.out, rows, ctx.is_main)
     saver.saved_step = st.step if ckpt is not None else None
     negs = sampling.sampler(cfg, ds, device)
+    step_module = dist.wrap(LossModule(model, cfg, device, negs.log_q), ctx)
+    if cfg.compile:  # after the DDP wrap, as torch recommends; the weights stay those of ``model``
+        step_module = torch.compile(step_module)
     return _Run(req=req, cfg=cfg, ctx=ctx, device=device, ds=ds, model=model, opt=opt, sampler=negs,
-                step_module=dist.wrap(LossModule(model, cfg, device, negs.log_q), ctx),
+                step_module=step_module,
                 validator=Validator(ds, cfg, device, ctx.rank, ctx.world_size), args=args, codes_path=codes_path,
                 codes_meta=codes_meta, saver=saver, st=st, n_train=n_train, trainable=trainable,
                 steps_per_epoch=_steps_per_epoch(cfg, len(trainable), ctx.world_size), t_start=t_start,
