@@ -18,6 +18,13 @@ prepare, assign svd, train 200 steps at d=512, evaluate on 2,000 sampled users, 
     python benchmarks/scale.py [--sizes 10000,100000,1000000,10000000] [--ds 128,512] [--steps 20]
         [--sample-users 2000] [--work /tmp/recjpq-scale] [--device cpu] [--json F] [--plot F.png]
     python benchmarks/scale.py --path-10m [--path-items 10000000] [--path-steps 200] [--sample-users 2000]
+    python benchmarks/scale.py --objectives all [--sizes 10000,1000000,10000000] [--ds 128] [--steps 10]
+
+--objectives (issue 18) trains every model's objective with RecJPQ codes instead of JPQ vs dense SASRec:
+SASRec-BCE, SASRec-CE (sampled softmax, 256 negatives shared per sequence), gSASRec, gBERT4Rec (gBCE, 256
+negatives) and GRU4Rec-CE (256 shared negatives), d=128, batch 128, max_len 200. Goals: peak memory under 4 GB
+at every size, step time at 10M items within 1.5x of the same objective at 10k, gBERT4Rec not refused at 1M
+items.
 Not run in CI. Every run folder is deleted once measured (dense checkpoints hold Adam state).
 """
 
@@ -41,6 +48,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 GB = 1e9  # goals and tables in decimal GB
 MEMORY_GOAL, STEP_GROWTH_GOAL, SCORING_GROWTH_GOAL, PATH_GOAL_S = 4e9, 1.5, 12.0, 3600.0
+SHARED_256 = ["--set", "negatives=256", "--set", "negatives_per=sequence"]
+OBJECTIVES: dict[str, list[str]] = {  # name -> train arguments (every other setting is the model's default)
+    "sasrec-bce": ["--model", "sasrec"],
+    "sasrec-ce": ["--model", "sasrec", "--set", "loss=ce", *SHARED_256],
+    "gsasrec": ["--model", "gsasrec"],
+    "gbert4rec": ["--model", "bert4rec", "--set", "loss=gbce", "--set", "negatives=256", "--set", "gbce_t=0.75"],
+    "gru4rec-ce": ["--model", "gru4rec"],
+}
 REFUSAL = re.compile(r"needs about ([\d.]+) GiB")
 
 
@@ -60,6 +75,7 @@ class Row:
     items: int
     d: int
     embedding: str
+    objective: str = "sasrec-bce"
     status: str = "ok"  # ok, refused (train's memory estimate), failed
     message: str = ""
     estimate_gib: float | None = None
@@ -147,11 +163,11 @@ def measure(work: Path, ds: Path, codes: Path, row: Row, steps: int, users: int,
             dense_model_bytes: int | None) -> int | None:
     """Train, evaluate and (JPQ) compress one row; returns compress's dense-equivalent model bytes."""
     home = work / f"n{row.items}"
-    run = home / f"run-{row.embedding}-d{row.d}"
+    run = home / f"run-{row.embedding}-d{row.d}-{row.objective}"
     emb = ["--codes", codes] if row.embedding == "jpq" else ["--embedding", "full"]
-    print(f"{row.items:,} items, d={row.d}, {row.embedding}: train ...", file=sys.stderr)
-    c = run_cli(["train", ds, "--out", run, *emb, "--max-steps", steps, "--set", f"d={row.d}", "--set",
-                 "val_users=256", "--device", device, "--overwrite", "-q"], home / "train.json")
+    print(f"{row.items:,} items, d={row.d}, {row.embedding}, {row.objective}: train ...", file=sys.stderr)
+    c = run_cli(["train", ds, "--out", run, *emb, *OBJECTIVES[row.objective], "--max-steps", steps, "--set",
+                 f"d={row.d}", "--set", "val_users=256", "--device", device, "--overwrite", "-q"], home / "train.json")
     record(row, "train", c)
     if c.rc != 0:
         refused = c.rc == 1 and c.error.startswith("Error:") and "GiB" in c.error
@@ -175,7 +191,7 @@ def measure(work: Path, ds: Path, codes: Path, row: Row, steps: int, users: int,
     row.eval_users, row.eval_s, row.eval_peak_bytes = r["users"], r["seconds"], c.peak_bytes
     row.eval_s_per_user, row.ndcg10 = r["seconds"] / r["users"], r["metrics"].get("NDCG@10")
     dense = dense_model_bytes
-    if row.embedding == "jpq":
+    if row.embedding == "jpq" and row.objective == "sasrec-bce":
         print(f"{row.items:,} items, d={row.d}, jpq: compress ...", file=sys.stderr)
         c = run_cli(["compress", run, "--data", ds, "--out", home / "jpq.safetensors", "--overwrite", "-q"],
                     home / "compress.json")
@@ -238,6 +254,100 @@ def goals(rows: list[Row], sizes: list[int], ds: list[int]) -> list[tuple[str, b
             out.append((f"JPQ scoring per user (d={d}) 1M -> 10M items grows {fmt(g, 1, '.2f')}x <= "
                         f"{SCORING_GROWTH_GOAL:g}x", g is not None and g <= SCORING_GROWTH_GOAL))
     return out
+
+
+def objectives_table(rows: list[Row]) -> None:
+    sizes = sorted({r.items for r in rows})
+    print("| objective | " + " | ".join(f"{n:,} items: peak GB, s/step" for n in sizes) + " | 10M / 10k step |")
+    print("| --- |" + " ---: |" * (len(sizes) + 1))
+    for obj in dict.fromkeys(r.objective for r in rows):
+        cells, by = [], {r.items: r for r in rows if r.objective == obj}
+        for n in sizes:
+            r = by.get(n)
+            cells.append("-" if r is None else (f"{fmt(r.train_peak_bytes, GB, '.2f')}, {fmt(r.step_s, 1, '.3f')}"
+                                                if r.status == "ok" else r.status))
+        a, b = by.get(10_000), by.get(10_000_000)
+        g = ratio(b.step_s, a.step_s) if a and b and a.status == b.status == "ok" else "-"
+        print(f"| {obj} | " + " | ".join(cells) + f" | {g} |")
+    for r in rows:
+        if r.status != "ok":
+            print(f"{r.objective} {r.items:,} items {r.status}: {r.message}")
+
+
+def objective_goals(rows: list[Row], sizes: list[int]) -> list[tuple[str, bool]]:
+    out: list[tuple[str, bool]] = []
+    for obj in dict.fromkeys(r.objective for r in rows):
+        by = {r.items: r for r in rows if r.objective == obj}
+        peaks = [r.train_peak_bytes for r in by.values()]
+        ok_all = all(r.status == "ok" for r in by.values())
+        worst = max((p for p in peaks if p), default=None)
+        out.append((f"{obj}: trains at every size with peak memory {fmt(worst, GB, '.2f')} GB < 4 GB",
+                    ok_all and worst is not None and worst < MEMORY_GOAL))
+        if {10_000, 10_000_000} <= set(sizes):
+            a, b = by.get(10_000), by.get(10_000_000)
+            g = b.step_s / a.step_s if a and b and a.step_s and b.step_s else None
+            out.append((f"{obj}: step time 10k -> 10M items grows {fmt(g, 1, '.2f')}x <= {STEP_GROWTH_GOAL}x",
+                        g is not None and g <= STEP_GROWTH_GOAL))
+    if 1_000_000 in sizes:
+        r = next((r for r in rows if r.objective == "gbert4rec" and r.items == 1_000_000), None)
+        if r is not None:
+            out.append((f"gbert4rec at 1M items is not refused ({r.status})", r.status == "ok"))
+    return out
+
+
+def run_objectives(a: argparse.Namespace) -> int:
+    """--objectives: every objective with RecJPQ codes at each size."""
+    names = list(OBJECTIVES) if a.objectives == "all" else a.objectives.split(",")
+    sizes, d = [int(x) for x in a.sizes.split(",")], int(a.ds.split(",")[0])
+    load0, rows = os.getloadavg(), []
+    for n in sizes:
+        data, codes, _ = catalogue(a.work, n)
+        for obj in names:
+            row = Row(n, d, "jpq", objective=obj)
+            measure(a.work, data, codes, row, a.steps, a.sample_users, a.device, None)
+            rows.append(row)
+    load = " / ".join(f"{x:.1f}" for x in load0 + os.getloadavg())
+    head = (f"RecJPQ (M=8, ksub=256 svd codes), d={d}, batch 128 (BERT4Rec 64), max_len 200, {a.steps} steps; "
+            f"{os.cpu_count()} CPUs; load average before / after: {load}")
+    print(f"\n{head}\n")
+    objectives_table(rows)
+    met = objective_goals(rows, sizes)
+    print()
+    for name, ok in met:
+        print(f"{'met   ' if ok else 'MISSED'} {name}")
+    if a.json:
+        a.json.write_text(json.dumps({"settings": head, "rows": [asdict(r) for r in rows],
+                                      "goals": [{"goal": g, "met": ok} for g, ok in met]}, indent=2))
+    if a.plot:
+        plot_objectives(rows, a.plot, head)
+    return 0 if all(ok for _, ok in met) else 1
+
+
+def plot_objectives(rows: list[Row], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'recjpq[plot]')", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "train_peak_bytes", "train peak memory (GB)"), (axes[1], "step_s", "s per step")):
+        for obj, marker in zip(dict.fromkeys(r.objective for r in rows), "osD^v", strict=False):
+            pts = [(r.items, getattr(r, key) / (GB if key == "train_peak_bytes" else 1)) for r in rows
+                   if r.objective == obj and r.status == "ok"]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker + "-", label=obj)
+        if key == "train_peak_bytes":
+            ax.axhline(MEMORY_GOAL / GB, color="grey", lw=0.8, ls=":", label="4 GB goal")
+        ax.set(xscale="log", xlabel="catalogue size (items)", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 140), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}", file=sys.stderr)
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
@@ -329,10 +439,14 @@ def main() -> int:
     ap.add_argument("--path-10m", action="store_true", help="time the whole path at 10M items instead")
     ap.add_argument("--path-items", type=int, default=10_000_000, help="--path-10m catalogue (smaller to try it)")
     ap.add_argument("--path-steps", type=int, default=200, help="--path-10m train steps")
+    ap.add_argument("--objectives", default=None,
+                    help=f"'all' or some of {','.join(OBJECTIVES)}: every objective with RecJPQ codes instead")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.path_10m:
         return path_10m(a)
+    if a.objectives:
+        return run_objectives(a)
     sizes, ds = [int(x) for x in a.sizes.split(",")], [int(x) for x in a.ds.split(",")]
     load0, rows, datasets = os.getloadavg(), [], []
     for n in sizes:

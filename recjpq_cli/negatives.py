@@ -1,4 +1,4 @@
-"""Uniform negatives from a counter-based hash of (seed, step, user, position, j).
+"""Uniform or popularity negatives from a counter-based hash of (seed, step, user, position, j).
 
 The draw of a user's negatives depends on nothing but those numbers: not on the batch it falls in, the
 process that trains it, nor on any RNG state. So a resumed run and a DDP run draw exactly what a plain
@@ -29,9 +29,8 @@ def _mix(x: Tensor) -> Tensor:
     return x ^ _srl(x, 33)
 
 
-def uniform_negatives(seed: int, step: int, users: Tensor, length: int, k: int, n_items: int,
-                      per_position: bool) -> Tensor:
-    """Item ids in 1..n_items: (B, length, k) per position, or (B, k) shared by a sequence's positions."""
+def _bits(seed: int, step: int, users: Tensor, length: int, k: int, per_position: bool) -> Tensor:
+    """62 random bits per draw: (B, length, k) per position, or (B, k) shared by a sequence's positions."""
     dev = users.device
     base = _mix(torch.tensor([seed * 1_000_003 + step], dtype=torch.long, device=dev))
     u = _mix(users.long() * 0x9E3779B97F4A7C15 % (1 << 62) + base)  # (B,)
@@ -42,4 +41,36 @@ def uniform_negatives(seed: int, step: int, users: Tensor, length: int, k: int, 
     else:
         j = torch.arange(k, device=dev).view(1, k)
         x = u.view(-1, 1) + j * 0x2545F4914F6CDD1D
-    return (_mix(x) & _LOW62) % n_items + 1
+    return _mix(x) & _LOW62
+
+
+def uniform_negatives(seed: int, step: int, users: Tensor, length: int, k: int, n_items: int,
+                      per_position: bool) -> Tensor:
+    """Item ids in 1..n_items: (B, length, k) per position, or (B, k) shared by a sequence's positions."""
+    return _bits(seed, step, users, length, k, per_position) % n_items + 1
+
+
+def popularity_table(train_counts: Tensor) -> tuple[Tensor, Tensor]:
+    """(cumulative counts of items 1..n_items as float64, log q per id 0..n_items) from the training counts
+    indexed by item id (index 0, padding, is ignored). ``log q`` is each id's probability of being drawn;
+    items never seen in training are never drawn, and their log q is clamped to log(0.5 / total) so that a
+    logQ correction stays finite."""
+    counts = train_counts.double().clone()
+    counts[0] = 0.0
+    total = float(counts.sum())
+    if total <= 0:
+        raise ValueError("popularity sampling needs training interactions")
+    log_q = torch.log((counts / total).clamp(min=0.5 / total))
+    return torch.cumsum(counts[1:], 0), log_q.float()
+
+
+def popularity_negatives(seed: int, step: int, users: Tensor, length: int, k: int, cum_counts: Tensor,
+                         per_position: bool) -> Tensor:
+    """Item ids in 1..n_items drawn with probability proportional to their training counts (the same
+    (seed, step, user, position, j) hash as ``uniform_negatives``, turned into a uniform in [0, 1) with 53
+    bits and inverted through the cumulative counts)."""
+    bits = _bits(seed, step, users, length, k, per_position)
+    u = (bits >> 9).double() * (1.0 / (1 << 53))  # [0, 1)
+    x = u * cum_counts[-1]
+    ids = torch.searchsorted(cum_counts, x, right=True) + 1
+    return ids.clamp(max=cum_counts.numel())

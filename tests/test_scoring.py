@@ -9,7 +9,7 @@ import pytest
 from conftest import invoke
 
 
-@pytest.mark.parametrize("model", ["sasrec", "bert4rec"])
+@pytest.mark.parametrize("model", ["sasrec", "bert4rec", "gru4rec"])
 def test_validation_equals_evaluate_on_the_validation_split(trained: dict[str, Path], tmp_path: Path,
                                                              model: str) -> None:
     ds, codes = trained["ds"], trained["codes"]

@@ -44,8 +44,41 @@ def gbce(pos: Tensor, neg: Tensor, valid: Tensor, *, n_items: int, t: float, den
     return bce_with_negatives(gbce_positive_logits(pos, beta), neg, valid, denom)
 
 
-def softmax_ce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Cross-entropy over all scored ids: logits (N, C), target (N,), valid (N,) bool."""
+def softmax_ce(logits: Tensor, target: Tensor, valid: Tensor, denom: float | None = None) -> Tensor:
+    """Cross-entropy over all scored ids: logits (N, C), target (N,), valid (N,) bool.
+
+    The full softmax: the caller holds N x C logits (and autograd their softmax and gradient, about
+    N x C x 4 B x 3 in all), which is what the memory estimate counts."""
     loss = F.cross_entropy(logits.float(), target, reduction="none")
     w = valid.to(loss.dtype)
-    return (loss * w).sum() / w.sum().clamp(min=1.0)
+    return (loss * w).sum() / (denom if denom is not None else w.sum().clamp(min=1.0))
+
+
+def sampled_softmax_ce(pos: Tensor, neg: Tensor, valid: Tensor, *, pos_ids: Tensor | None = None,
+                       neg_ids: Tensor | None = None, log_q: Tensor | None = None,
+                       denom: float | None = None) -> Tensor:
+    """Sampled softmax: cross-entropy of the positive among itself and K sampled negatives.
+
+    pos (...,), neg (..., K), valid (...,) bool; ``pos_ids`` (...,) and ``neg_ids`` (..., K) or any shape that
+    broadcasts to it (e.g. (B, 1, K) for negatives shared by a sequence's positions).
+    - A negative whose id equals its row's positive is masked out (logit -inf), when ids are given: it is
+      not a negative.
+    - ``log_q`` (1-D, indexed by item id): the log-probability of an id being drawn as a negative. Every
+      candidate's logit, the positive's included, is corrected by -log q (sampled softmax with the sampling
+      distribution's correction: Bengio & Senecal 2008; Jean et al. 2015; Yi et al., RecSys 2019), so the
+      sampled loss estimates the full softmax. A uniform q shifts every logit alike and changes nothing.
+    Averaged over valid positions, or divided by ``denom`` (DDP: global count / world size). Float32.
+    """
+    pos, neg = pos.float(), neg.float()
+    if log_q is not None:
+        if pos_ids is None or neg_ids is None:
+            raise ValueError("log_q needs pos_ids and neg_ids")
+        pos = pos - log_q[pos_ids]
+        neg = neg - log_q[neg_ids]
+    if pos_ids is not None and neg_ids is not None:
+        neg = neg.masked_fill(neg_ids == pos_ids.unsqueeze(-1), float("-inf"))
+    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)
+    per_pos = torch.logsumexp(logits, dim=-1) - pos  # -log softmax of the positive; finite: pos is never masked
+    w = valid.to(per_pos.dtype)
+    total = (per_pos * w).sum()
+    return total / denom if denom is not None else total / w.sum().clamp(min=1.0)
