@@ -19,25 +19,16 @@ from __future__ import annotations
 import ctypes
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from recjpq_cli.errors import ConfigError
+from recjpq_cli.jpq.types import STRATEGIES, ProgressFn, StepFn, TrainData
+
+__all__ = ["STRATEGIES", "Assignment", "ProgressFn", "StepFn", "Strategy", "TrainData", "get_strategy"]
 
 NOISE_STD = 1e-5
-ProgressFn = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
-StepFn = Callable[[str, int, int], None]  # (phase: "svd", "k-means" or "assignment", steps done, steps in all)
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """The training interactions only: one row per interaction (repeats kept)."""
-
-    user: np.ndarray  # (N,) int64, 0..n_users-1
-    item: np.ndarray  # (N,) int64, 1..n_items (0 is padding and never appears)
-    n_users: int
-    n_items: int
 
 
 @dataclass
@@ -399,9 +390,6 @@ class SVDKMeansStrategy:
         return Assignment(codes=codes_t.numpy(), centroids=cents.numpy().astype(np.float32),
                           facts={"d": self.dim, "kmeans_iters": self.iters,
                                  "explained_variance": spec.explained_variance, "kmeans_objective": obj})
-
-
-STRATEGIES = ("random", "svd", "bpr", "svd-kmeans")
 
 
 def get_strategy(name: str, *, epochs: int = 20, dim: int = 512, on_epoch: ProgressFn | None = None,
