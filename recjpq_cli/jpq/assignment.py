@@ -194,26 +194,52 @@ def _nearest_free(code: np.ndarray, used: _UsedCodes, ksub: int) -> np.ndarray:
         used.scan_from += block
 
 
-def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
-    """Give every item a distinct code, moving as few items as possible; returns (codes, items moved).
+def _check_unique_possible(codes: np.ndarray, ksub: int) -> None:
+    if ksub ** codes.shape[1] < codes.shape[0]:
+        raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
+                          f"{ksub}^{codes.shape[1]} exist")
 
-    Items sharing a full code are visited in item-id order; each occurrence after the first moves to the
-    nearest free code: the last split's value changed to the nearest unused one, else the split before,
-    and so on. Only the colliding items are looped over.
-    """
+
+def make_unique_plain(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
+    """:func:`make_unique` one collision at a time in numpy: the reference of the compiled path, and the path
+    where numba is missing or ``RECJPQ_NO_NUMBA=1``."""
     dup = duplicate_mask(codes)
     moved = np.flatnonzero(dup)
     if moved.size == 0:
         return codes, 0
-    if ksub ** codes.shape[1] < codes.shape[0]:
-        raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
-                          f"{ksub}^{codes.shape[1]} exist")
+    _check_unique_possible(codes, ksub)
     out = codes.copy()
     used = _UsedCodes(codes, ksub)
     for i in moved:  # colliding items only
         out[i] = _nearest_free(out[i], used, ksub)
         used.add(out[i])
     return out, int(moved.size)
+
+
+def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
+    """Give every item a distinct code, moving as few items as possible; returns (codes, items moved).
+
+    Items sharing a full code are visited in item-id order; each occurrence after the first moves to the
+    nearest free code: the last split's value changed to the nearest unused one, else the split before,
+    and so on. Only the colliding items are visited, in compiled code (``jpq/unique.py``) when numba is
+    usable, else by :func:`make_unique_plain`; both give the same codes.
+    """
+    from recjpq_cli.jpq import pqtopk
+
+    if not pqtopk.available():
+        return make_unique_plain(codes, ksub)
+    moved = np.flatnonzero(duplicate_mask(codes))
+    if moved.size == 0:
+        return codes, 0
+    _check_unique_possible(codes, ksub)
+    from recjpq_cli.jpq.unique import move_collisions
+
+    bits = max(1, int(ksub - 1).bit_length())
+    out = codes.astype(np.int64, copy=True)
+    cap_log = max(1, int(2 * moved.size + 2).bit_length())
+    move_collisions(out, moved.astype(np.int64), np.sort(_row_keys(codes, ksub)), int(ksub), bits,
+                    bits * codes.shape[1] <= 64, cap_log)
+    return out.astype(codes.dtype, copy=False), int(moved.size)
 
 
 # --------------------------------------------------------------------------------------------------
