@@ -133,6 +133,78 @@ def kmeans_case(work: Path, name: str) -> tuple[list[str], bool]:
                 None, f["collisions_after"] == 0)], ok_t and ok_m and f["collisions_after"] == 0
 
 
+def machine_line() -> str:
+    return (f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+            f"python {platform.python_version()}; load average before: {load_avg()}")
+
+
+def finish(lines: list[str], ok_all: bool) -> int:
+    """Print the table and the verdict; the exit status."""
+    print("\n".join(lines))
+    print(f"load average after: {load_avg()}")
+    print("all goals met" if ok_all else "GOAL MISSED")
+    return 0 if ok_all else 1
+
+
+def kmeans_cases(work: Path, cases: list[str]) -> tuple[list[str], bool]:
+    lines, ok_all = [], True
+    for c in cases:
+        rows, ok = kmeans_case(work, c)
+        lines += rows
+        ok_all &= ok
+        print("\n".join(rows), flush=True)
+    return lines, ok_all
+
+
+def gowalla_rows(work: Path, strategies: list[str], repeat: int) -> tuple[list[str], bool]:
+    """The issue-3 cases: random, svd and bpr on the Gowalla-shaped catalogue."""
+    ds = dataset(work, "assign-gowalla", GOWALLA["users"], GOWALLA["items"], GOWALLA["interactions"])
+    lines, ok_all = [], True
+    for s in strategies:
+        f = assign(ds, work / f"assign-gowalla-{s}.npy", s, repeat=1 if s == "bpr" else repeat)
+        ok = f["seconds"] < GOALS_S[s]
+        ok_all &= ok
+        extra = {"svd": f" (explained variance {f.get('explained_variance', 0):.1%})",
+                 "bpr": f" (final loss {f.get('final_loss', 0):.4f})"}.get(s, "")
+        lines.append(row(f"Gowalla-shaped {s}: time", timing(f) + extra,
+                         f"< {GOALS_S[s]:g} s", f["seconds"] / GOALS_S[s], ok))
+        ok = f["peak_gb"] < PEAK_GOAL_GB
+        ok_all &= ok
+        lines.append(row(f"Gowalla-shaped {s}: peak memory", f"{f['peak_gb']:.2f} GB", f"< {PEAK_GOAL_GB:g} GB",
+                         f["peak_gb"] / PEAK_GOAL_GB, ok))
+        lines.append(row(f"Gowalla-shaped {s}: collisions before / after", f"{f['collisions_before']} / "
+                         f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
+        ok_all &= f["collisions_after"] == 0
+    return lines, ok_all
+
+
+def ml1m_rows(work: Path, repeat: int) -> tuple[list[str], bool]:
+    """ML-1M: svd's time, and the bins' balance and collisions of svd and bpr."""
+    if not ML1M.exists():
+        return [f"| ML-1M | skipped: {ML1M} not found | | | |"], True
+    ml = work / "assign-ml1m-ds"
+    if not (ml / "dataset.yaml").exists():
+        must("prepare", ML1M, "--out", ml, "--overwrite", "--quiet")
+    lines, ok_all = [], True
+    for s in ("svd", "bpr"):
+        out = work / f"assign-ml1m-{s}.npy"
+        f = assign(ml, out, s, repeat=repeat if s == "svd" else 1)
+        if s == "svd":
+            ok = f["seconds"] < ML1M_SVD_GOAL_S
+            ok_all &= ok
+            lines.append(row("ML-1M svd: time", timing(f),
+                             f"< {ML1M_SVD_GOAL_S:g} s", f["seconds"] / ML1M_SVD_GOAL_S, ok))
+        b = balance(out)
+        ok_all &= b <= 2.0 and f["collisions_after"] == 0
+        occ = f["occupancy"]
+        lines.append(row(f"ML-1M {s}: balance (largest / smallest bin, worst split)",
+                         f"{b:.2f} ({min(occ['min'])}..{max(occ['max'])} items per centroid)", "<= 2",
+                         b / 2.0, b <= 2.0))
+        lines.append(row(f"ML-1M {s}: collisions before / after", f"{f['collisions_before']} / "
+                         f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
+    return lines, ok_all
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", nargs="?", default="/tmp/recjpq-bench", type=Path)
@@ -147,75 +219,13 @@ def main() -> int:
     unknown = sorted(set(cases) - set(KMEANS_CASES))
     if unknown:
         sys.exit(f"bench_assign: unknown --svd-kmeans case(s) {', '.join(unknown)} (valid: {', '.join(KMEANS_CASES)})")
-    if not strategies:
-        print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-              f"python {platform.python_version()}; load average before: {load_avg()}")
-        lines, ok_all = ["| check | measured | goal | ratio | |", "|---|---|---|---|---|"], True
-        for c in cases:
-            rows, ok = kmeans_case(work, c)
-            lines += rows
-            ok_all &= ok
-            print("\n".join(rows), flush=True)
-        print("\n".join(lines))
-        print(f"load average after: {load_avg()}")
-        print("all goals met" if ok_all else "GOAL MISSED")
-        return 0 if ok_all else 1
-
-    log = work / "assign-gowalla-synth.parquet"
-    ds = work / "assign-gowalla-ds"
-    if not log.exists():
-        must("synth", "--users", GOWALLA["users"], "--items", GOWALLA["items"],
-             "--interactions", GOWALLA["interactions"], "--out", log, "--quiet")
-    if not (ds / "dataset.yaml").exists() or (ds / "dataset.yaml").stat().st_mtime < log.stat().st_mtime:
-        must("prepare", log, "--out", ds, "--overwrite", "--quiet")
-
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}; load average before: {load_avg()}")
-    lines = ["| check | measured | goal | ratio | |", "|---|---|---|---|---|"]
-    ok_all = True
-    for s in strategies:
-        f = assign(ds, work / f"assign-gowalla-{s}.npy", s, repeat=1 if s == "bpr" else args.repeat)
-        ok = f["seconds"] < GOALS_S[s]
+    print(machine_line())
+    lines, ok_all = ["| check | measured | goal | ratio | |", "|---|---|---|---|---|"], True
+    for part, ok in (kmeans_cases(work, cases), gowalla_rows(work, strategies, args.repeat) if strategies else ([], True),
+                     ml1m_rows(work, args.repeat) if strategies else ([], True)):
+        lines += part
         ok_all &= ok
-        extra = {"svd": f" (explained variance {f.get('explained_variance', 0):.1%})",
-                 "bpr": f" (final loss {f.get('final_loss', 0):.4f})"}.get(s, "")
-        lines.append(row(f"Gowalla-shaped {s}: time", timing(f) + extra,
-                         f"< {GOALS_S[s]:g} s", f["seconds"] / GOALS_S[s], ok))
-        ok = f["peak_gb"] < PEAK_GOAL_GB
-        ok_all &= ok
-        lines.append(row(f"Gowalla-shaped {s}: peak memory", f"{f['peak_gb']:.2f} GB", f"< {PEAK_GOAL_GB:g} GB",
-                         f["peak_gb"] / PEAK_GOAL_GB, ok))
-        lines.append(row(f"Gowalla-shaped {s}: collisions before / after", f"{f['collisions_before']} / "
-                         f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
-        ok_all &= f["collisions_after"] == 0
-
-    if ML1M.exists():
-        ml = work / "assign-ml1m-ds"
-        if not (ml / "dataset.yaml").exists():
-            must("prepare", ML1M, "--out", ml, "--overwrite", "--quiet")
-        for s in ("svd", "bpr"):
-            out = work / f"assign-ml1m-{s}.npy"
-            f = assign(ml, out, s, repeat=args.repeat if s == "svd" else 1)
-            if s == "svd":
-                ok = f["seconds"] < ML1M_SVD_GOAL_S
-                ok_all &= ok
-                lines.append(row("ML-1M svd: time", timing(f),
-                                 f"< {ML1M_SVD_GOAL_S:g} s", f["seconds"] / ML1M_SVD_GOAL_S, ok))
-            b = balance(out)
-            ok_all &= b <= 2.0 and f["collisions_after"] == 0
-            occ = f["occupancy"]
-            lines.append(row(f"ML-1M {s}: balance (largest / smallest bin, worst split)",
-                             f"{b:.2f} ({min(occ['min'])}..{max(occ['max'])} items per centroid)", "<= 2",
-                             b / 2.0, b <= 2.0))
-            lines.append(row(f"ML-1M {s}: collisions before / after", f"{f['collisions_before']} / "
-                             f"{f['collisions_after']}", "0 after", None, f["collisions_after"] == 0))
-    else:
-        lines.append(f"| ML-1M | skipped: {ML1M} not found | | | |")
-
-    print("\n".join(lines))
-    print(f"load average after: {load_avg()}")
-    print("all goals met" if ok_all else "GOAL MISSED")
-    return 0 if ok_all else 1
+    return finish(lines, ok_all)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
-"""Ranking metrics from 1-based target ranks (0 = the target was filtered out: a miss). Pure functions."""
+"""Ranking metrics from 1-based target ranks (0 = the target was filtered out: a miss). Pure functions.
+
+Also the long-tail rule, defined once: an item is long-tail when it has fewer than ``LONG_TAIL_THRESHOLD``
+training interactions (prepare's statistics, evaluate's long-tail slice, the tables that show them). This module
+uses only Tensor methods, so ``prepare`` can read the threshold without importing torch.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LONG_TAIL_THRESHOLD = 5
 
@@ -12,7 +19,7 @@ def ndcg_at_k(ranks: Tensor, k: int) -> Tensor:
     """Binary relevance, one target: 1 / log2(rank + 1) when 1 <= rank <= k, else 0. Per user."""
     r = ranks.double()
     hit = (ranks >= 1) & (ranks <= k)
-    return torch.where(hit, 1.0 / torch.log2(r + 1.0), torch.zeros_like(r))
+    return (1.0 / (r + 1.0).log2()).where(hit, 0.0)
 
 
 def recall_at_k(ranks: Tensor, k: int) -> Tensor:
@@ -22,7 +29,7 @@ def recall_at_k(ranks: Tensor, k: int) -> Tensor:
 
 def reciprocal_rank(ranks: Tensor) -> Tensor:
     r = ranks.double()
-    return torch.where(ranks >= 1, 1.0 / r.clamp(min=1.0), torch.zeros_like(r))
+    return (1.0 / r.clamp(min=1.0)).where(ranks >= 1, 0.0)
 
 
 def per_user(ranks: Tensor, ks: list[int]) -> dict[str, Tensor]:

@@ -360,3 +360,22 @@ def test_epochs_change_bpr_codes(assigned, sample_ds, tmp_path):
     _ok(["assign", sample_ds, "-s", "bpr", "--epochs", "1", "-o", one, "-q"])
     _, side = load_codes(one)
     assert side["epochs"] == 1 and one.read_bytes() != assigned["bpr"].read_bytes()
+
+
+@pytest.mark.parametrize(("n", "m", "ksub", "high"), [
+    (3000, 3, 16, 4),  # many repeats of few codes: one-split moves in several splits
+    (4000, 2, 64, 5),  # a crowded last split
+    (64, 2, 8, 8),  # the whole code space: lexicographic fallback
+    (500, 40, 3, 3),  # 40 x 2 bits > 64: hashed keys
+])
+def test_make_unique_compiled_path_equals_the_plain_reference(n, m, ksub, high):
+    from recjpq_cli.jpq import pqtopk
+    from recjpq_cli.jpq.assignment import make_unique_plain
+
+    if not pqtopk.available():
+        pytest.skip("numba not usable")
+    codes = np.random.default_rng(n).integers(0, high, (n, m))
+    codes[n // 2:] = codes[:n - n // 2]  # every code of the second half repeats one of the first
+    fast, moved_fast = make_unique(codes, ksub)
+    plain, moved_plain = make_unique_plain(codes, ksub)
+    assert moved_fast == moved_plain > 0 and np.array_equal(fast, plain) and count_collisions(fast) == 0

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recjpq_cli.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, load_dataset
+from recjpq_cli.metrics import LONG_TAIL_THRESHOLD
 from recjpq_cli.stages.prepare import PrepareConfig, _order, run
 
 # ---------------------------------------------------------------- helpers
@@ -310,7 +311,7 @@ def test_contract_dtypes_order_and_yaml(sample_ds, sample_csv):
     s = meta["stats"]
     lengths = inter.group_by("user").len()["len"]
     assert s["sequence_length"] == {"min": lengths.min(), "median": float(lengths.median()), "max": lengths.max()}
-    assert s["long_tail_share"] == pytest.approx((items["train_count"] < 5).mean())
+    assert s["long_tail_share"] == pytest.approx((items["train_count"] < LONG_TAIL_THRESHOLD).mean())
     assert set(s["dropped_rows"]) == {"missing_values", "below_min_rating", "too_few_user_interactions",
                                       "too_few_item_interactions"}
     assert s["split_sizes"]["test"] == s["split_sizes"]["val"] == meta["n_users"]

@@ -9,13 +9,20 @@ from typing import Annotated, Any
 import typer
 
 from recjpq_cli.commands.common import JsonOpt, OverwriteOpt, QuietOpt, emit, user_errors
+from recjpq_cli.jpq.types import DEFAULT_STRATEGY, STRATEGIES
+
+# The --strategy choices: jpq.types.STRATEGIES, the one list of names.
+Strategy = Enum("Strategy", {name.replace("-", "_"): name for name in STRATEGIES}, type=str)
 
 
-class Strategy(str, Enum):
-    random = "random"
-    svd = "svd"
-    bpr = "bpr"
-    svd_kmeans = "svd-kmeans"
+def check_ksub(value: int | None) -> int | None:
+    """--centroids/-b: a usage error (exit 2) outside jpq.codebook's valid ksub range. The rule is imported here,
+    when the option is given, so the CLI starts without torch."""
+    from recjpq_cli.jpq.codebook import MAX_KSUB, valid_ksub
+
+    if value is not None and not valid_ksub(value):
+        raise typer.BadParameter(f"{value} is not in the range 2<=x<={MAX_KSUB}.")
+    return value
 
 
 def assign(
@@ -26,10 +33,11 @@ def assign(
                                                "product-quantised by k-means (svd-kmeans, RecJPQ-HC, the best measured; "
                                                "also writes CODES.centroids.npy, the centroids training starts from), "
                                                "discretised truncated SVD, discretised BPR factors, or uniform "
-                                               "random.")] = Strategy.svd_kmeans,
+                                               "random.")] = Strategy(DEFAULT_STRATEGY),
     code_length: Annotated[int, typer.Option("--code-length", "-m", min=1, help="M: sub-ids per item (splits).")] = 8,
-    centroids: Annotated[int | None, typer.Option("--centroids", "-b", min=2, max=65536, show_default=False,
-                                                  help="ksub: centroids per split (<= 256 stores codes as uint8). "
+    centroids: Annotated[int | None, typer.Option("--centroids", "-b", callback=check_ksub, show_default=False,
+                                                  help="ksub: centroids per split, 2..65,536 (<= 256 stores codes "
+                                                  "as uint8). "
                                                   "Default: 131,072 / --dim (256 at d=512, 1,024 at d=128), at most "
                                                   "half the items.")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed: same inputs and seed give identical codes.")] = 0,

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from recjpq_cli.commands.assign import check_ksub
 from recjpq_cli.commands.common import JsonOpt, OverwriteOpt, QuietOpt, emit, user_errors
 from recjpq_cli.commands.evaluate import Checkpoint, CheckpointOpt
 
@@ -26,7 +27,7 @@ def compress(
     centroid_dtype: Annotated[CentroidDtype, typer.Option("--centroid-dtype", help="Stored precision of the centroids.")] = CentroidDtype.fp32,
     from_dense: Annotated[bool, typer.Option("--from-dense", help="Product-quantise a run trained with full embeddings (k-means).")] = False,
     code_length: Annotated[int, typer.Option("--code-length", min=1, help="--from-dense: splits M per item.")] = 8,
-    centroids: Annotated[int, typer.Option("--centroids", min=2, max=65536, help="--from-dense: centroids ksub per split.")] = 256,
+    centroids: Annotated[int, typer.Option("--centroids", callback=check_ksub, help="--from-dense: centroids ksub per split (2..65,536).")] = 256,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", min=0, help="--from-dense: k-means iterations.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="--from-dense: k-means seed.")] = 0,
     overwrite: OverwriteOpt = False,

@@ -15,6 +15,7 @@ import numpy as np
 from recjpq_cli.data.io import atomic_files, dump_yaml, read_yaml
 from recjpq_cli.data.schema import CODES_FORMAT_VERSION, DATASET_YAML
 from recjpq_cli.errors import ConfigError, InputError
+from recjpq_cli.jpq.codebook import codes_dtype_name
 
 SIDECAR_KEYS = ("format_version", "strategy", "M", "ksub", "seed", "dataset_fingerprint", "n_items", "dtype",
                 "collisions_before", "collisions_after", "seconds", "occupancy")
@@ -60,11 +61,6 @@ def check_codes_for_d(side: dict[str, Any], codes: Path, dataset: Path, d: int, 
 def sidecar_path(path: Path) -> Path:
     """``CODES.yaml`` next to ``CODES.npy``: the same path with the suffix replaced."""
     return Path(path).with_suffix(".yaml")
-
-
-def codes_dtype(ksub: int) -> np.dtype:
-    """uint8 when every sub-id fits in a byte (ksub <= 256), else uint16 (ksub <= 65,536)."""
-    return np.dtype(np.uint8) if ksub <= 256 else np.dtype(np.uint16)
 
 
 def centroids_path(path: Path) -> Path:
@@ -147,9 +143,9 @@ def load_codes(path: Path, dataset_meta: dict | None = None, *,
     if missing:
         raise InputError(f"{side_path}: key(s) {', '.join(missing)} missing")
     M, ksub, n_items = _int(side, "M", side_path, 1), _int(side, "ksub", side_path, 2), _int(side, "n_items", side_path, 1)
-    if side["dtype"] not in ("uint8", "uint16") or np.dtype(side["dtype"]) != codes_dtype(ksub):
+    if side["dtype"] != codes_dtype_name(ksub):
         raise InputError(f"{side_path}: dtype {side['dtype']!r} does not suit ksub={ksub} "
-                         f"(expected {codes_dtype(ksub).name})")
+                         f"(expected {codes_dtype_name(ksub)})")
     try:
         codes = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -19,25 +19,16 @@ from __future__ import annotations
 import ctypes
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from recjpq_cli.errors import ConfigError
+from recjpq_cli.jpq.types import STRATEGIES, ProgressFn, StepFn, TrainData
+
+__all__ = ["STRATEGIES", "Assignment", "ProgressFn", "StepFn", "Strategy", "TrainData", "get_strategy"]
 
 NOISE_STD = 1e-5
-ProgressFn = Callable[[int, int, float], None]  # (epoch done, epochs, mean loss)
-StepFn = Callable[[str, int, int], None]  # (phase: "svd", "k-means" or "assignment", steps done, steps in all)
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """The training interactions only: one row per interaction (repeats kept)."""
-
-    user: np.ndarray  # (N,) int64, 0..n_users-1
-    item: np.ndarray  # (N,) int64, 1..n_items (0 is padding and never appears)
-    n_users: int
-    n_items: int
 
 
 @dataclass
@@ -203,26 +194,52 @@ def _nearest_free(code: np.ndarray, used: _UsedCodes, ksub: int) -> np.ndarray:
         used.scan_from += block
 
 
-def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
-    """Give every item a distinct code, moving as few items as possible; returns (codes, items moved).
+def _check_unique_possible(codes: np.ndarray, ksub: int) -> None:
+    if ksub ** codes.shape[1] < codes.shape[0]:
+        raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
+                          f"{ksub}^{codes.shape[1]} exist")
 
-    Items sharing a full code are visited in item-id order; each occurrence after the first moves to the
-    nearest free code: the last split's value changed to the nearest unused one, else the split before,
-    and so on. Only the colliding items are looped over.
-    """
+
+def make_unique_plain(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
+    """:func:`make_unique` one collision at a time in numpy: the reference of the compiled path, and the path
+    where numba is missing or ``RECJPQ_NO_NUMBA=1``."""
     dup = duplicate_mask(codes)
     moved = np.flatnonzero(dup)
     if moved.size == 0:
         return codes, 0
-    if ksub ** codes.shape[1] < codes.shape[0]:
-        raise ConfigError(f"{codes.shape[0]} items cannot have distinct codes: only ksub^M = "
-                          f"{ksub}^{codes.shape[1]} exist")
+    _check_unique_possible(codes, ksub)
     out = codes.copy()
     used = _UsedCodes(codes, ksub)
     for i in moved:  # colliding items only
         out[i] = _nearest_free(out[i], used, ksub)
         used.add(out[i])
     return out, int(moved.size)
+
+
+def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
+    """Give every item a distinct code, moving as few items as possible; returns (codes, items moved).
+
+    Items sharing a full code are visited in item-id order; each occurrence after the first moves to the
+    nearest free code: the last split's value changed to the nearest unused one, else the split before,
+    and so on. Only the colliding items are visited, in compiled code (``jpq/unique.py``) when numba is
+    usable, else by :func:`make_unique_plain`; both give the same codes.
+    """
+    from recjpq_cli.jpq import pqtopk
+
+    if not pqtopk.available():
+        return make_unique_plain(codes, ksub)
+    moved = np.flatnonzero(duplicate_mask(codes))
+    if moved.size == 0:
+        return codes, 0
+    _check_unique_possible(codes, ksub)
+    from recjpq_cli.jpq.unique import move_collisions
+
+    bits = max(1, int(ksub - 1).bit_length())
+    out = codes.astype(np.int64, copy=True)
+    cap_log = max(1, int(2 * moved.size + 2).bit_length())
+    move_collisions(out, moved.astype(np.int64), np.sort(_row_keys(codes, ksub)), int(ksub), bits,
+                    bits * codes.shape[1] <= 64, cap_log)
+    return out.astype(codes.dtype, copy=False), int(moved.size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,9 +416,6 @@ class SVDKMeansStrategy:
         return Assignment(codes=codes_t.numpy(), centroids=cents.numpy().astype(np.float32),
                           facts={"d": self.dim, "kmeans_iters": self.iters,
                                  "explained_variance": spec.explained_variance, "kmeans_objective": obj})
-
-
-STRATEGIES = ("random", "svd", "bpr", "svd-kmeans")
 
 
 def get_strategy(name: str, *, epochs: int = 20, dim: int = 512, on_epoch: ProgressFn | None = None,

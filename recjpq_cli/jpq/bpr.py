@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from recjpq_cli.jpq.assignment import ProgressFn, TrainData
+    from recjpq_cli.jpq.types import ProgressFn, TrainData
 
 BATCH = 65536
 LEARNING_RATE = 0.05

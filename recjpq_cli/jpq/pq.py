@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from recjpq_cli.jpq.codebook import codes_torch_dtype
 from recjpq_cli.jpq.embedding import JPQEmbedding
 
 if TYPE_CHECKING:
-    from recjpq_cli.jpq.assignment import StepFn
+    from recjpq_cli.jpq.types import StepFn
 
 # The assignment step's distance block holds at most this many floats (M x rows x ksub): 256 MiB.
 KMEANS_BLOCK_FLOATS = 64 * 2**20
@@ -32,9 +33,9 @@ SEED_POINTS_PER_CENTROID = 32
 KMEANS_PP_MAX_KSUB = 1024
 
 
-def codes_dtype(ksub: int) -> torch.dtype:
-    """The torch dtype that holds codes below ksub (uint16 codes live in int32 in torch, as in training)."""
-    return torch.uint8 if ksub <= 256 else torch.int32
+# Kept only for artifact.py (not this module's owner), which imports ``jpq.pq.codes_dtype``; new code
+# imports ``jpq.codebook.codes_torch_dtype``.
+codes_dtype = codes_torch_dtype
 
 
 def _assign(x: Tensor, cents: Tensor, chunk: int | None = None) -> Tensor:
@@ -172,7 +173,7 @@ def pq_embedding(table: Tensor, *, M: int, ksub: int, iters: int, seed: int,
     """A JPQEmbedding whose items 1..n are the PQ of ``table[1:]`` (row 0 is padding); ``extra`` rows
     (BERT4Rec's mask token) are kept as they are."""
     codes, cents = kmeans_pq(table[1:], M=M, ksub=ksub, iters=iters, seed=seed)
-    full = torch.zeros(table.shape[0], M, dtype=codes_dtype(ksub))
+    full = torch.zeros(table.shape[0], M, dtype=codes_torch_dtype(ksub))
     full[1:] = codes.to(full.dtype)
     n_extra = 0 if extra is None else extra.shape[0]
     emb = JPQEmbedding(codes=full, ksub=ksub, d=table.shape[1], extra_tokens=n_extra)

@@ -10,24 +10,15 @@ from typing import Any
 import numpy as np
 
 from recjpq_cli.data import kinds
-from recjpq_cli.data.codes import centroids_path, codes_dtype, default_ksub, save_codes, sidecar_path
+from recjpq_cli.data.codes import centroids_path, default_ksub, save_codes, sidecar_path
 from recjpq_cli.data.io import check_not_input, check_output
 from recjpq_cli.data.schema import CODES_FORMAT_VERSION, dataset_files, load_dataset, read_dataset_meta
 from recjpq_cli.errors import ConfigError, ResourceError
-from recjpq_cli.jpq.assignment import (
-    STRATEGIES,
-    ProgressFn,
-    StepFn,
-    TrainData,
-    count_collisions,
-    get_strategy,
-    make_unique,
-    occupancy,
-)
+from recjpq_cli.jpq.assignment import count_collisions, get_strategy, make_unique, occupancy
+from recjpq_cli.jpq.codebook import MAX_KSUB, codes_numpy_dtype, valid_ksub
+from recjpq_cli.jpq.types import DEFAULT_STRATEGY, STRATEGIES, ProgressFn, StepFn, TrainData
 from recjpq_cli.memory import GIB, available_bytes
 
-MAX_KSUB = 65536
-DEFAULT_STRATEGY = "svd-kmeans"
 # The interpreter, torch and scipy before any data: added to every estimate.
 BASE_BYTES = GIB // 2
 
@@ -73,7 +64,7 @@ def check_config(cfg: AssignConfig) -> None:
         raise ConfigError(f"unknown strategy {cfg.strategy!r} (valid: {', '.join(STRATEGIES)})")
     if cfg.M < 1:
         raise ConfigError(f"code length M must be at least 1, got {cfg.M}")
-    if cfg.ksub is not None and not 2 <= cfg.ksub <= MAX_KSUB:
+    if cfg.ksub is not None and not valid_ksub(cfg.ksub):
         raise ConfigError(f"centroids per split (ksub) must be in 2..{MAX_KSUB:,}, got {cfg.ksub}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
@@ -189,7 +180,7 @@ def run(cfg: AssignConfig, on_epoch: ProgressFn | None = None, on_step: StepFn |
     else:
         before = after = count_collisions(codes)
 
-    dtype = codes_dtype(ksub)
+    dtype = codes_numpy_dtype(ksub)
     table = np.zeros((n_items + 1, cfg.M), dtype=dtype)  # row 0: padding
     table[1:] = codes
     del codes

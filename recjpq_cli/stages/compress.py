@@ -21,7 +21,6 @@ from recjpq_cli.artifact import (
     CHECKPOINTS,
     CODES_DTYPES,
     check_state,
-    codes_dtype_name,
     model_size,
     write_artifact,
 )
@@ -29,8 +28,7 @@ from recjpq_cli.data import kinds
 from recjpq_cli.data.io import check_not_input, check_output
 from recjpq_cli.data.schema import ITEMS, USERS, dataset_files, read_dataset_meta
 from recjpq_cli.errors import ConfigError, InputError
-
-MAX_KSUB = 65_536
+from recjpq_cli.jpq.codebook import MAX_KSUB, codes_dtype_name, valid_ksub
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def run(cfg: CompressConfig) -> CompressResult:
         if not cfg.from_dense:
             raise ConfigError(f"{cfg.run}: trained with full embeddings; add --from-dense to product-quantise "
                               f"its item tables")
-        if not 2 <= cfg.centroids <= MAX_KSUB:
+        if not valid_ksub(cfg.centroids):
             raise ConfigError(f"--centroids must be between 2 and {MAX_KSUB}, got {cfg.centroids}")
         if cfg.code_length < 1:
             raise ConfigError(f"--code-length must be at least 1, got {cfg.code_length}")

@@ -30,8 +30,7 @@ from recjpq_cli.data.schema import (
     dataset_files,
 )
 from recjpq_cli.errors import ConfigError, InputError
-
-LONG_TAIL_THRESHOLD = 5
+from recjpq_cli.metrics import LONG_TAIL_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from recjpq_cli.console import show
+from recjpq_cli.metrics import LONG_TAIL_THRESHOLD
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -30,7 +31,7 @@ def prepare_table(r: Any) -> None:
         ("users", r.n_users), ("items", r.n_items), ("interactions", r.n_interactions),
         ("sequence length min / median / max",
          f"{s['sequence_length']['min']} / {s['sequence_length']['median']:g} / {s['sequence_length']['max']}"),
-        ("long-tail share (< 5 train interactions)", f"{s['long_tail_share']:.1%}"),
+        (f"long-tail share (< {LONG_TAIL_THRESHOLD} train interactions)", f"{s['long_tail_share']:.1%}"),
         ("train / val / test", " / ".join(f"{v:,}" for v in s["split_sizes"].values())),
     ]
     rows += [(f"dropped: {k.replace('_', ' ')}", v) for k, v in s["dropped_rows"].items()]
@@ -105,7 +106,7 @@ def evaluate_table(r: Any) -> None:
                   _mib(run.size.get("model_bytes")), _ratio(run.size.get("item_table_ratio")))
     show(t)
     alpha = r.runs[0].significance.get("alpha_corrected", 0.05) if r.runs else 0.05
-    notes = [f"long tail (< 5 training interactions): {r.long_tail_share:.1%} of targets"]
+    notes = [f"long tail (< {LONG_TAIL_THRESHOLD} training interactions): {r.long_tail_share:.1%} of targets"]
     if len(r.runs) > 1:
         notes.append(f"+ = -: paired t-test on NDCG@10 against {r.runs[0].name} (alpha 0.05, Bonferroni: {alpha:.3g})")
     verb = "counted as misses" if r.filter_seen else "kept in the ranking"

@@ -95,6 +95,78 @@ def _search(cum: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
+def _runs(rng: np.random.Generator, k: int, follow: float, user_first: np.ndarray, idx_t: type) -> tuple[np.ndarray, np.ndarray]:
+    """Runs: one starts at each user's first interaction and wherever the walk jumps. Returns each
+    interaction's run index ``(k,)`` and each run's first interaction ``(r,)``."""
+    run_start = rng.random(k, dtype=np.float32) >= follow
+    run_start[user_first] = True
+    run_of = np.cumsum(run_start, dtype=idx_t)  # (k,) run index + 1
+    run_of -= 1
+    run_begin = np.flatnonzero(run_start).astype(idx_t)
+    return run_of, run_begin
+
+
+def _run_groups(rng: np.random.Generator, r: int, stay: float, first_runs: np.ndarray, group_weight: np.ndarray,
+                idx_t: type) -> np.ndarray:
+    """Each run's group: a new one (by popularity) at a user's start, else with probability 1 - stay."""
+    new_group = rng.random(r, dtype=np.float32) >= stay
+    new_group[first_runs] = True
+    g_cum = np.cumsum(group_weight)
+    drawn = np.searchsorted(g_cum, rng.random(int(new_group.sum())) * g_cum[-1], side="right")
+    group = np.empty(r, dtype=np.int32)
+    group[new_group] = np.minimum(drawn, group_weight.size - 1)
+    return group[np.maximum.accumulate(np.where(new_group, np.arange(r, dtype=idx_t), 0))]
+
+
+def _run_starts(rng: np.random.Generator, group: np.ndarray, first: np.ndarray, size: np.ndarray,
+                start_cum: np.ndarray) -> np.ndarray:
+    """Each run's start in its group's chain (an offset from the group's first element), by the tempered weight."""
+    g_first, g_size = first[group], size[group]
+    lo = np.where(g_first > 0, start_cum[np.maximum(g_first - 1, 0)], 0.0)
+    hi = start_cum[g_first + g_size - 1]
+    start = _search(start_cum, lo + rng.random(group.size) * (hi - lo))
+    del lo, hi
+    return np.clip(start, g_first, g_first + g_size - 1) - g_first
+
+
+def _walk(k: int, run_of: np.ndarray, run_begin: np.ndarray, start: np.ndarray, group: np.ndarray,
+          chain: np.ndarray, first: np.ndarray, size: np.ndarray, idx_t: type) -> np.ndarray:
+    """Step j of a run is chain element (start + j) mod size of the run's group: the 0-based item of each
+    interaction."""
+    step = np.arange(k, dtype=idx_t)
+    step -= run_begin[run_of]
+    step += start[run_of]
+    g = group[run_of]
+    step %= size[g]
+    step += first[g]
+    del g
+    return chain[step]
+
+
+def _cover_every_item(rng: np.random.Generator, item: np.ndarray, n: int, idx_t: type) -> None:
+    """Every item at least once, in place: missing items replace occurrences that are not an item's first."""
+    seen = np.zeros(n, dtype=bool)
+    seen[item] = True
+    missing = np.flatnonzero(~seen)
+    if missing.size:
+        spare = np.ones(item.size, dtype=bool)
+        spare[pl.Series(item).arg_unique().to_numpy()] = False
+        spare_idx = np.flatnonzero(spare).astype(idx_t)
+        del spare
+        item[rng.choice(spare_idx, missing.size, replace=False)] = rng.permutation(missing)
+
+
+def _timestamps(rng: np.random.Generator, k: int, u: int, lengths: np.ndarray, user_first: np.ndarray) -> np.ndarray:
+    """Seconds that increase within a user (exponential gaps, mean an hour); each user starts at a random time."""
+    gaps = (rng.standard_exponential(k, dtype=np.float32) * 3600.0).astype(np.int64)
+    gaps += 1
+    gaps[user_first] = 0
+    ts = np.cumsum(gaps)
+    del gaps
+    ts += np.repeat(rng.integers(1_500_000_000, 1_600_000_000, u) - ts[user_first], lengths)
+    return ts
+
+
 def generate(cfg: SynthConfig) -> pl.DataFrame:
     """The log as a DataFrame ``user_id, item_id, timestamp`` sorted by user then time."""
     rng = np.random.default_rng(cfg.seed)
@@ -103,65 +175,14 @@ def generate(cfg: SynthConfig) -> pl.DataFrame:
     lengths = _lengths(rng, u, k)
     user_first = (np.cumsum(lengths) - lengths).astype(idx_t)
     chain, first, size, group_weight, start_cum = _catalogue(rng, n, cfg.group_size, cfg.zipf)
-
-    # Runs: one starts at each user's first interaction and wherever the walk jumps.
-    run_start = rng.random(k, dtype=np.float32) >= cfg.follow
-    run_start[user_first] = True
-    run_of = np.cumsum(run_start, dtype=idx_t)  # (k,) run index + 1
-    run_of -= 1
-    run_begin = np.flatnonzero(run_start).astype(idx_t)
-    del run_start
-    r = run_begin.size
-    # Each run's group: a new one (by popularity) at a user's start, else with probability 1 - stay.
-    new_group = rng.random(r, dtype=np.float32) >= cfg.stay
-    new_group[run_of[user_first]] = True
-    g_cum = np.cumsum(group_weight)
-    drawn = np.searchsorted(g_cum, rng.random(int(new_group.sum())) * g_cum[-1], side="right")
-    group = np.empty(r, dtype=np.int32)
-    group[new_group] = np.minimum(drawn, group_weight.size - 1)
-    group = group[np.maximum.accumulate(np.where(new_group, np.arange(r, dtype=idx_t), 0))]
-    del new_group, drawn
-    # Each run's start in its group's chain, by the tempered weight.
-    g_first, g_size = first[group], size[group]
-    lo = np.where(g_first > 0, start_cum[np.maximum(g_first - 1, 0)], 0.0)
-    hi = start_cum[g_first + g_size - 1]
-    start = _search(start_cum, lo + rng.random(r) * (hi - lo))
-    del lo, hi
-    start = np.clip(start, g_first, g_first + g_size - 1) - g_first
-    del g_first, g_size
-
-    # Walk: step j of a run is chain element (start + j) mod size of the run's group.
-    step = np.arange(k, dtype=idx_t)
-    step -= run_begin[run_of]
-    step += start[run_of]
-    del run_begin, start
-    g = group[run_of]
-    del run_of, group
-    step %= size[g]
-    step += first[g]
-    del g
-    item = chain[step]
-    del step
-
-    # Every item at least once: missing items replace occurrences that are not an item's first.
-    seen = np.zeros(n, dtype=bool)
-    seen[item] = True
-    missing = np.flatnonzero(~seen)
-    if missing.size:
-        spare = np.ones(k, dtype=bool)
-        spare[pl.Series(item).arg_unique().to_numpy()] = False
-        spare_idx = np.flatnonzero(spare).astype(idx_t)
-        del spare
-        item[rng.choice(spare_idx, missing.size, replace=False)] = rng.permutation(missing)
-        del spare_idx
+    run_of, run_begin = _runs(rng, k, cfg.follow, user_first, idx_t)
+    group = _run_groups(rng, run_begin.size, cfg.stay, run_of[user_first], group_weight, idx_t)
+    start = _run_starts(rng, group, first, size, start_cum)
+    item = _walk(k, run_of, run_begin, start, group, chain, first, size, idx_t)
+    del run_of, run_begin, start, group
+    _cover_every_item(rng, item, n, idx_t)
     item += 1
-
-    gaps = (rng.standard_exponential(k, dtype=np.float32) * 3600.0).astype(np.int64)
-    gaps += 1
-    gaps[user_first] = 0
-    ts = np.cumsum(gaps)  # increases within a user; each user starts at a random time
-    del gaps
-    ts += np.repeat(rng.integers(1_500_000_000, 1_600_000_000, u) - ts[user_first], lengths)
+    ts = _timestamps(rng, k, u, lengths, user_first)
     user = np.repeat(np.arange(1, u + 1, dtype=np.int32), lengths)
     return pl.DataFrame({"user_id": user, "item_id": item, "timestamp": ts})
 
