@@ -324,13 +324,8 @@ def run_objectives(a: argparse.Namespace) -> int:
 
 
 def plot_objectives(rows: list[Row], path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'recjpq[plot]')", file=sys.stderr)
+    plt = _pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "train_peak_bytes", "train peak memory (GB)"), (axes[1], "step_s", "s per step")):
@@ -344,6 +339,23 @@ def plot_objectives(rows: list[Row], path: Path, title: str) -> None:
         ax.set(xscale="log", xlabel="catalogue size (items)", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    _save(fig, path, title)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None (said once) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'recjpq[plot]')", file=sys.stderr)
+        return None
+    return plt
+
+
+def _save(fig: Any, path: Path, title: str) -> None:
     fig.suptitle(textwrap.fill(title, 140), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -351,15 +363,11 @@ def plot_objectives(rows: list[Row], path: Path, title: str) -> None:
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'recjpq[plot]')", file=sys.stderr)
+    plt = _pyplot()
+    if plt is None:
         return
+    from matplotlib.ticker import FuncFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "train_peak_bytes", "train peak memory (GB)"), (axes[1], "step_s", "s per step")):
         for emb, style, colour in (("jpq", "-", "tab:blue"), ("full", "--", "tab:orange")):
@@ -384,10 +392,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, k=keep: f"{v:.3g}" if f"{v:.1e}"[0] in k else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(textwrap.fill(title, 140), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}", file=sys.stderr)
+    _save(fig, path, title)
 
 
 def path_10m(a: argparse.Namespace) -> int:

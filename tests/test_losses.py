@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,22 @@ def test_uniform_negatives_unchanged() -> None:
     """The refactoring into one hash keeps every uniform draw (golden numbers depend on them)."""
     got = uniform_negatives(3, 10, torch.tensor([5, 9]), 3, 2, 50, per_position=True)
     assert got.tolist() == [[[38, 3], [3, 23], [14, 29]], [[21, 7], [21, 35], [25, 20]]]  # before the refactoring
+
+
+def test_the_run_sampler_builds_log_q_only_for_popularity_with_the_correction_on(sample_ds) -> None:
+    from recjpq_cli.config import build_config
+    from recjpq_cli.data.schema import load_dataset
+    from recjpq_cli.models.sampling import sampler
+
+    ds, cpu = load_dataset(sample_ds), torch.device("cpu")
+    pop = sampler(build_config("sasrec", overrides={"loss": "ce", "negatives": 8, "negative_sampling": "popularity"}),
+                  ds, cpu)
+    assert pop.cum_counts is not None and pop.log_q is not None and pop.log_q.shape == (ds.n_items + 1,)
+    off = sampler(build_config("sasrec", overrides={"loss": "ce", "negatives": 8, "negative_sampling": "popularity",
+                                                    "logq_correction": False}), ds, cpu)
+    assert off.cum_counts is not None and off.log_q is None
+    uni = sampler(build_config("sasrec", overrides={"loss": "ce", "negatives": 8}), ds, cpu)
+    assert uni.cum_counts is None and uni.log_q is None  # a constant q would change nothing
+    draws = pop.draw(0, np.arange(4), 5, cpu)
+    counts = ds.train_counts()
+    assert draws.shape == (4, 5, 8) and (counts[draws.numpy()] > 0).all()

@@ -33,11 +33,6 @@ SEED_POINTS_PER_CENTROID = 32
 KMEANS_PP_MAX_KSUB = 1024
 
 
-# Kept only for artifact.py (not this module's owner), which imports ``jpq.pq.codes_dtype``; new code
-# imports ``jpq.codebook.codes_torch_dtype``.
-codes_dtype = codes_torch_dtype
-
-
 def _assign(x: Tensor, cents: Tensor, chunk: int | None = None) -> Tensor:
     """Nearest centroid per sub-space: x (M, n, dsub), cents (M, ksub, dsub) -> (M, n) int64.
 

@@ -37,8 +37,6 @@ def full_softmax(items: ItemEmbedding, pred: Prediction, denom: float | None) ->
         valid = torch.ones_like(target, dtype=torch.bool)
     logits = items.score_all(h)
     logits[:, 0] = float("-inf")
-    if denom is None:
-        return losses.softmax_ce(logits, target, valid)
     return losses.softmax_ce(logits, target, valid, denom=denom)
 
 

@@ -8,7 +8,6 @@ the sampled softmax's logQ correction subtracts.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,13 +45,11 @@ class Sampler:
 
 
 def sampler(cfg: TrainConfig, ds: Dataset, device: torch.device) -> Sampler:
-    """The run's sampler: the popularity table only when asked, logQ only when it corrects something."""
+    """The run's sampler: the popularity table only when asked. Uniform sampling needs no ``log_q``: the
+    correction subtracts it from every logit, positive included, so a constant q changes nothing."""
     s = Sampler(cfg=cfg, n_items=ds.n_items)
     if cfg.negatives and cfg.negative_sampling == "popularity":
         cum, log_q = negatives.popularity_table(torch.from_numpy(ds.train_counts().astype(np.int64)))
-        s.cum_counts, s.log_q = cum.to(device), log_q.to(device)
-    elif cfg.negatives and cfg.resolved_logq():
-        s.log_q = torch.full((ds.n_items + 1,), -math.log(ds.n_items), device=device)
-    if not cfg.resolved_logq():
-        s.log_q = None
+        s.cum_counts = cum.to(device)
+        s.log_q = log_q.to(device) if cfg.resolved_logq() else None
     return s

@@ -118,7 +118,6 @@ class _Run:
     trainable: np.ndarray
     steps_per_epoch: int
     t_start: float
-    resumed: bool
     sampler: Sampler
     hint: str | None = None
     created_here: bool = False
@@ -223,7 +222,7 @@ def _set_up(req: TrainRequest, ctx: Any, meta: dict[str, Any], cfg: TrainConfig,
                 validator=Validator(ds, cfg, device, ctx.rank, ctx.world_size), args=args, codes_path=codes_path,
                 codes_meta=codes_meta, saver=saver, st=st, n_train=n_train, trainable=trainable,
                 steps_per_epoch=_steps_per_epoch(cfg, len(trainable), ctx.world_size), t_start=t_start,
-                resumed=ckpt is not None, hint=hint)
+                hint=hint)
 
 
 def _announce(r: _Run) -> None:
