@@ -10,7 +10,12 @@
 #   DATASETS  datasets to run (default "ml-1m beauty")
 #   ROWS      rows to run (default all: sasrec-dense sasrec-random sasrec-svd sasrec-bpr sasrec-svd-kmeans
 #             gsasrec-dense gsasrec-svd bert4rec-dense bert4rec-svd; gru4rec-* rows too on request). MODEL-svd-kmeans rows are RecJPQ-HC: codes
-#             and starting centroids from `assign --strategy svd-kmeans --dim D` (assigned only when listed)
+#             and starting centroids from `assign --strategy svd-kmeans --dim D` (assigned only when listed).
+#             A row is MODEL[+LOSS]-KIND: `+ce`, `+gbce` or `+bce` trains MODEL with that loss against
+#             $NEGATIVES negatives shared by a sequence's positions (`+gbce` with gbce_t 0.75, as gSASRec), e.g.
+#             sasrec+ce-svd-kmeans (SASRec, sampled softmax) or bert4rec+gbce-dense (gBERT4Rec). Each
+#             MODEL[+LOSS] is its own group: its rows are tested against its own -dense row
+#   NEGATIVES negatives of the +LOSS rows (default 256)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
 #   GSASREC_NEGATIVES_PER  `sequence` (default) or `position`: how gSASRec's 256 negatives are drawn. Shared by
@@ -38,6 +43,7 @@ EXTRA=${EXTRA:-}
 DENSE_EXTRA=${DENSE_EXTRA:-}
 GSASREC_NEGATIVES_PER=${GSASREC_NEGATIVES_PER:-sequence}
 M=${M:-8}
+NEGATIVES=${NEGATIVES:-256}
 mkdir -p "$OUT"
 
 for name in $DATASETS; do
@@ -58,26 +64,34 @@ for name in $DATASETS; do
       "${dim[@]}" --out "$dir/codes-$s.npy" --json "$dir/assign-$s.json"
   done
   for row in $ROWS; do
-    model=${row%%-*} kind=${row#*-}
+    group=${row%%-*} kind=${row#*-}
+    model=${group%%+*} loss=${group#"$model"}; loss=${loss#+}
     run="$dir/runs/$row"
     [ -f "$run/best.pt" ] && continue
     # shellcheck disable=SC2206
     if [ "$kind" = dense ]; then emb=(--embedding full $DENSE_EXTRA); else emb=(--codes "$dir/codes-$kind.npy"); fi
     row_opts=(); [ "$model" = bert4rec ] || row_opts=(--set "dropout=$DROPOUT")
     [ "$model" = gsasrec ] && row_opts+=(--set "negatives_per=$GSASREC_NEGATIVES_PER")
+    if [ -n "$loss" ]; then
+      row_opts+=(--set "loss=$loss" --set "negatives=$NEGATIVES" --set negatives_per=sequence)
+      [ "$loss" = gbce ] && row_opts+=(--set gbce_t=0.75)
+    fi
     # shellcheck disable=SC2086
     recjpq train "$ds" "${emb[@]}" --model "$model" --out "$run" --overwrite --time-limit "$BUDGET" \
       --set "d=$D" "${row_opts[@]}" --json "$run.train.json" $EXTRA
   done
-  # One table per model, its dense row first (the paired t-tests compare against it), then all rows.
-  all=()
-  for model in sasrec gsasrec bert4rec gru4rec; do
+  # One table per MODEL[+LOSS] group, its dense row first (the paired t-tests compare against it), then all rows.
+  all=() groups=()
+  for row in $ROWS; do
+    case " ${groups[*]} " in *" ${row%%-*} "*) ;; *) groups+=("${row%%-*}");; esac
+  done
+  for group in "${groups[@]}"; do
     runs=()
     for row in $ROWS; do
-      case $row in "$model"-dense) runs=("$dir/runs/$row" "${runs[@]}");; "$model"-*) runs+=("$dir/runs/$row");; esac
+      [ "${row%%-*}" = "$group" ] || continue
+      if [ "${row#*-}" = dense ]; then runs=("$dir/runs/$row" "${runs[@]}"); else runs+=("$dir/runs/$row"); fi
     done
-    [ ${#runs[@]} -gt 0 ] || continue
-    recjpq evaluate "${runs[@]}" --data "$ds" --json "$dir/eval-$model.json" --overwrite
+    recjpq evaluate "${runs[@]}" --data "$ds" --json "$dir/eval-$group.json" --overwrite
     all+=("${runs[@]}")
   done
   recjpq evaluate "${all[@]}" --data "$ds" --baseline popularity --json "$dir/eval-all.json" \

@@ -15,6 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["sasrec-dense", "sasrec-random", "sasrec-svd", "sasrec-bpr", "sasrec-svd-kmeans", "gsasrec-dense",
         "gsasrec-svd", "bert4rec-dense", "bert4rec-svd"]
+# MODEL+LOSS rows (issue 18): their own groups, each tested against its own dense row
+LOSS_ROWS = ["sasrec+ce-dense", "sasrec+ce-svd-kmeans", "bert4rec+gbce-svd"]
 
 
 @pytest.mark.skipif(shutil.which("recjpq") is None, reason="the recjpq command is not installed")
@@ -25,7 +27,8 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     log.select("user_id", "item_id").write_csv(data / "ml-1m.txt", separator=" ", include_header=False)
     out = tmp_path / "out"
     env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
-                        "DENSE_EXTRA": "--set tie_embeddings=true", "M": "4", "OMP_NUM_THREADS": "1"}
+                        "DENSE_EXTRA": "--set tie_embeddings=true", "M": "4", "OMP_NUM_THREADS": "1",
+                        "ROWS": " ".join(ROWS + LOSS_ROWS), "NEGATIVES": "16"}
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "paper_table.sh"), str(tmp_path / "data"), str(out),
                           "1", "16"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -40,11 +43,13 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
         "codes-svd-kmeans.npy")
     table = json.loads((d / "eval-all.json").read_text())
     names = [r["name"] for r in table["runs"]]
-    assert names == ROWS + ["popularity"]
+    assert names == ROWS + LOSS_ROWS + ["popularity"]
     for r in table["runs"]:
         assert {"NDCG@10", "Recall@10", "MRR"} <= set(r["metrics"])
         assert r["split"] == "test" and r["filter_seen"] is True
-    for model in ("sasrec", "gsasrec", "bert4rec"):
+    assert [r["name"] for r in json.loads((d / "eval-sasrec+ce.json").read_text())["runs"]] == LOSS_ROWS[:2]
+    assert [r["name"] for r in json.loads((d / "eval-bert4rec+gbce.json").read_text())["runs"]] == LOSS_ROWS[2:]
+    for model in ("sasrec", "gsasrec", "bert4rec", "sasrec+ce"):
         sub = json.loads((d / f"eval-{model}.json").read_text())
         assert sub["runs"][0]["name"] == f"{model}-dense"
         ref = sub["runs"][0]
@@ -55,10 +60,15 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
             assert 0 <= sig["p"] <= 1, sig
             better = r["metrics"]["NDCG@10"] > ref["metrics"]["NDCG@10"]
             assert sig["mark"] == ("=" if sig["p"] >= sig["alpha_corrected"] else "+" if better else "-"), sig
-    for row in ROWS:
+    for row in ROWS + LOSS_ROWS:
         facts = json.loads((d / "runs" / f"{row}.train.json").read_text())
-        assert facts["stop_reason"] == "time_limit" and facts["model"] == row.split("-")[0]
+        group = row.split("-")[0]
+        assert facts["stop_reason"] == "time_limit" and facts["model"] == group.split("+")[0]
         run_cfg = yaml.safe_load((d / "runs" / row / "config.yaml").read_text())
+        if "+" in group:  # the row's loss, NEGATIVES negatives shared by a sequence's positions
+            assert (run_cfg["loss"], run_cfg["negatives"], run_cfg["negatives_per"]) == (group.split("+")[1], 16,
+                                                                                           "sequence")
+            assert run_cfg["gbce_t"] == (0.75 if group.endswith("gbce") else 0.0)
         assert run_cfg["tie_embeddings"] is row.endswith("dense")  # DENSE_EXTRA reaches the dense rows only
         if row.startswith("gsasrec"):  # negatives shared per sequence by default (affordable at ksub 1,024)
             assert run_cfg["negatives_per"] == "sequence"
