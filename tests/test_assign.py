@@ -367,6 +367,8 @@ def test_epochs_change_bpr_codes(assigned, sample_ds, tmp_path):
     (4000, 2, 64, 5),  # a crowded last split
     (64, 2, 8, 8),  # the whole code space: lexicographic fallback
     (500, 40, 3, 3),  # 40 x 2 bits > 64: hashed keys
+    (2000, 4, 8, 1),  # one group of equal codes (a tail at the origin): neighbours exhausted, then the scan
+    (3000, 4, 16, 2),  # 16 large groups whose one-split neighbourhoods overlap: resumed searches
 ])
 def test_make_unique_compiled_path_equals_the_plain_reference(n, m, ksub, high):
     from recjpq_cli.jpq import pqtopk

@@ -6,6 +6,13 @@ last split first, the nearest value, ties to the lower), else the first free cod
 "Used" is the same test too: the original codes' keys (``_row_keys``: exact packing or the same mixing hash)
 by binary search, and the codes given out since in an open-addressing hash table, so one collision costs
 O(M x ksub) compiled steps instead of ksub Python calls.
+
+Items that share an original code search the same candidates in the same order, and a candidate found used
+stays used (codes are only ever given out), so each original code keeps where its search stopped
+(``_memo_*``): the next item of the group resumes there, and a group whose one-split neighbours are all taken
+goes straight to the lexicographic scan. A group of g items then costs O(M x ksub + g) checks, not
+O(g x M x ksub) (a long tail of items with the same near-zero SVD vector is one such group), with the
+same codes.
 """
 
 from __future__ import annotations
@@ -63,20 +70,50 @@ def _add(key, table, occ, cap_log):
 
 
 @njit(cache=True)
-def _one_split_move(cand, ksub, bits, packed, sorted_keys, table, occ, cap_log):
-    """Set ``cand`` to the nearest free one-split neighbour (last split first); False when there is none."""
+def _candidate(cand, c, k, step):
+    """Step ``step`` of split ``k``'s search from value ``c``: c, c-1, c+1, c-2, ... (nearest, ties low)."""
+    v = c if step == 0 else (c - (step + 1) // 2 if step % 2 == 1 else c + step // 2)
+    cand[k] = v
+    return v
+
+
+@njit(cache=True)
+def _one_split_move(cand, start, ksub, bits, packed, sorted_keys, table, occ, cap_log):
+    """Set ``cand`` to the nearest free one-split neighbour (last split first), searching from position
+    ``start`` of that order; the position where it was found, or -1 when there is none."""
     m = cand.size
-    for k in range(m - 1, -1, -1):
+    width = 2 * ksub
+    for pos in range(start, m * width):
+        k = m - 1 - pos // width
         c = cand[k]
-        for step in range(2 * ksub):  # values by distance |v - c|, ties to the lower: c, c-1, c+1, c-2, ...
-            v = c if step == 0 else (c - (step + 1) // 2 if step % 2 == 1 else c + step // 2)
-            if v < 0 or v >= ksub:
-                continue
-            cand[k] = v
-            if not _used(_key(cand, bits, packed), sorted_keys, table, occ, cap_log):
-                return True
+        v = _candidate(cand, c, k, pos % width)
+        if 0 <= v < ksub and not _used(_key(cand, bits, packed), sorted_keys, table, occ, cap_log):
+            return pos
         cand[k] = c
-    return False
+    return -1
+
+
+@njit(cache=True)
+def _memo_get(key, mkeys, mvals, mocc, cap_log):
+    """Where the search of an original code stopped last time (0: never searched)."""
+    mask = (1 << cap_log) - 1
+    s = _slot(key, cap_log)
+    while mocc[s]:
+        if mkeys[s] == key:
+            return mvals[s]
+        s = (s + 1) & mask
+    return 0
+
+
+@njit(cache=True)
+def _memo_set(key, val, mkeys, mvals, mocc, cap_log):
+    mask = (1 << cap_log) - 1
+    s = _slot(key, cap_log)
+    while mocc[s] and mkeys[s] != key:
+        s = (s + 1) & mask
+    mocc[s] = True
+    mkeys[s] = key
+    mvals[s] = val
 
 
 @njit(cache=True)
@@ -99,12 +136,21 @@ def move_collisions(out, moved, sorted_keys, ksub, bits, packed, cap_log):
     """Move every item of ``moved`` (ascending) in ``out`` (int64, in place) to its nearest free code."""
     table = np.zeros(1 << cap_log, dtype=np.uint64)
     occ = np.zeros(1 << cap_log, dtype=np.bool_)
+    mkeys = np.zeros(1 << cap_log, dtype=np.uint64)  # original code -> where its search stopped
+    mvals = np.zeros(1 << cap_log, dtype=np.int64)
+    mocc = np.zeros(1 << cap_log, dtype=np.bool_)
     cand = np.empty(out.shape[1], dtype=np.int64)
+    done = out.shape[1] * 2 * ksub  # every one-split neighbour taken
     scan_from = 0
     for idx in range(moved.size):
         i = moved[idx]
         cand[:] = out[i]
-        if not _one_split_move(cand, ksub, bits, packed, sorted_keys, table, occ, cap_log):
+        orig = _key(cand, bits, packed)
+        start = _memo_get(orig, mkeys, mvals, mocc, cap_log)
+        found = _one_split_move(cand, start, ksub, bits, packed, sorted_keys, table, occ, cap_log) if start < done else -1
+        if found < 0:
+            cand[:] = out[i]
             scan_from = _lexicographic_free(cand, scan_from, ksub, bits, packed, sorted_keys, table, occ, cap_log)
+        _memo_set(orig, found if found >= 0 else done, mkeys, mvals, mocc, cap_log)
         out[i] = cand
         _add(_key(cand, bits, packed), table, occ, cap_log)
