@@ -1,4 +1,5 @@
-"""Uniform or popularity negatives from a counter-based hash of (seed, step, user, position, j).
+"""Uniform or popularity negatives from a counter-based hash of (seed, step, user, position, j), and the
+masked task's masks from the same hash (``uniform01``, on the host).
 
 The draw of a user's negatives depends on nothing but those numbers: not on the batch it falls in, the
 process that trains it, nor on any RNG state. So a resumed run and a DDP run draw exactly what a plain
@@ -7,6 +8,7 @@ run draws (issue: exact resume; DDP equivalence).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,3 +76,26 @@ def popularity_negatives(seed: int, step: int, users: Tensor, length: int, k: in
     x = u * cum_counts[-1]
     ids = torch.searchsorted(cum_counts, x, right=True) + 1
     return ids.clamp(max=cum_counts.numel())
+
+
+_MASK_STREAM = 0x5851F42D4C957F2D  # keeps the masks' draws apart from the negatives' at the same (seed, step)
+
+
+def _mix_np(x: np.ndarray) -> np.ndarray:
+    """``_mix`` on uint64 numpy arrays (numpy's uint64 arithmetic wraps as int64's does in torch)."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(_M1 & 0xFFFFFFFFFFFFFFFF)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(_M2 & 0xFFFFFFFFFFFFFFFF)
+    return x ^ (x >> np.uint64(33))
+
+
+def uniform01(seed: int, step: int, users: np.ndarray, length: int) -> np.ndarray:
+    """(B, length) float64 uniforms in [0, 1) from (seed, step, user, position), drawn on the host with no RNG
+    state (the masked task's masks): the same in a plain, a resumed and a distributed run."""
+    with np.errstate(over="ignore"):
+        base = _mix_np(np.array([(seed * 1_000_003 + step) ^ _MASK_STREAM], dtype=np.uint64))
+        u = _mix_np(users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base)  # (B,)
+        pos = np.arange(length, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
+        bits = _mix_np(u[:, None] + pos[None, :]) >> np.uint64(11)  # 53 bits
+    return bits.astype(np.float64) * (1.0 / (1 << 53))

@@ -27,18 +27,29 @@ def trainable_users(ds: Dataset) -> np.ndarray:
     return np.flatnonzero(train_lengths(ds) >= 2)
 
 
-def train_batch(ds: Dataset, users: np.ndarray, max_len: int, n_train: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-item targets, (B, max_len) each, from the users' training items."""
+def train_batch(ds: Dataset, users: np.ndarray, max_len: int, n_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-item targets, (B, max_len) int64 each, from the users' training items."""
     starts = ds.offsets[users]
     ends = starts + n_train[users]
     w = windows(ds.item, starts, ends, max_len + 1)
-    return torch.from_numpy(w[:, :-1]), torch.from_numpy(w[:, 1:])
+    return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
 
 
-def masked_batch(ds: Dataset, users: np.ndarray, max_len: int, n_train: np.ndarray) -> torch.Tensor:
-    """The last ``max_len`` training items per user, (B, max_len), for masked-item training."""
+def masked_batch(ds: Dataset, users: np.ndarray, max_len: int, n_train: np.ndarray) -> np.ndarray:
+    """The last ``max_len`` training items per user, (B, max_len) int64, for masked-item training."""
     starts = ds.offsets[users]
-    return torch.from_numpy(windows(ds.item, starts, starts + n_train[users], max_len))
+    return windows(ds.item, starts, starts + n_train[users], max_len)
+
+
+def masked_slots(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The masked positions of each row, packed to the left: (positions (B, P), filled (B, P) bool), P the
+    most masked positions of any row (at least 1). Each row lists its masked positions in ascending order,
+    then unmasked ones as filler (``filled`` False), so ``filled`` rows read in order are ``mask`` read in
+    order."""
+    counts = mask.sum(1)
+    p = max(1, int(counts.max(initial=0)))
+    pos = np.argsort(~mask, axis=1, kind="stable")[:, :p]
+    return pos.astype(np.int64), np.arange(p)[None, :] < counts[:, None]
 
 
 def eval_targets(ds: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:

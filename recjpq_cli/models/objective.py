@@ -30,9 +30,14 @@ NEEDS_NEGATIVES = ("bce", "gbce")
 
 
 def full_softmax(items: ItemEmbedding, pred: Prediction, denom: float | None) -> Tensor:
-    """Softmax CE over every item: (positions, n_items + 1) logits, padding column at -inf."""
+    """Softmax CE over every item: (positions, n_items + 1) logits, padding column at -inf. Only the valid
+    positions are scored: ``pred.rows`` (found on the host) when the task gives them, else a boolean index."""
     h, target, valid = pred.h, pred.target, pred.valid
-    if h.dim() > 2:  # next-item windows: only the valid positions are scored
+    if pred.rows is not None:
+        h = h.reshape(-1, h.shape[-1]).index_select(0, pred.rows)
+        target = target.reshape(-1).index_select(0, pred.rows)
+        valid = torch.ones_like(target, dtype=torch.bool)
+    elif h.dim() > 2:
         h, target = h[valid], target[valid]
         valid = torch.ones_like(target, dtype=torch.bool)
     logits = items.score_all(h)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recjpq_cli import negatives
 from recjpq_cli.data import sequences
 from recjpq_cli.device import autocast, to_device
 
@@ -31,14 +32,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prediction:
-    """What a batch predicts. ``h`` (..., d) float32, ``target`` (...,) item ids, ``valid`` (...,) bool;
-    ``negatives`` (..., K) per position, or (B, K) shared by the positions of a sequence (``h`` is then
-    (B, L, d)), or None (full softmax)."""
+    """What a batch predicts. ``h`` (B, P, d) float32, ``target`` (B, P) item ids, ``valid`` (B, P) bool;
+    ``negatives`` (B, P, K) per position, or (B, K) shared by the positions of a sequence, or None (full
+    softmax). ``rows``: the flat indices of the valid positions in (B * P), found on the host when the batch
+    was made, so that a full softmax scores only those without a device-to-host synchronisation."""
 
     h: Tensor
     target: Tensor
     valid: Tensor
     negatives: Tensor | None = None
+    rows: Tensor | None = None
 
     @property
     def shared_negatives(self) -> bool:
@@ -78,8 +81,11 @@ class NextItem(Task):
         return sequences.trainable_users(ds)
 
     def batch(self, cfg, ds, users, n_train, step, device, sampler):
-        inp, tgt = sequences.train_batch(ds, users, cfg.max_len, n_train)
-        out = {"inp": to_device(inp, device), "tgt": to_device(tgt, device)}
+        inp, tgt = sequences.train_batch(ds, users, cfg.max_len, n_train)  # (B, L) host
+        out = {"inp": inp, "tgt": tgt}
+        if cfg.negatives == 0:  # full softmax: the valid positions, found here on the host
+            out["rows"] = np.flatnonzero((tgt != 0) & (inp != 0))
+        out = {k: to_device(torch.from_numpy(v), device) for k, v in out.items()}
         negs = sampler.draw(step, users, cfg.max_len, device)
         return out | ({"negs": negs} if negs is not None else {})
 
@@ -88,7 +94,7 @@ class NextItem(Task):
         with autocast(device):
             h = model.hidden(inp)
         valid = (tgt != 0) & (inp != 0)  # a real target after a real input item
-        return Prediction(h=h.float(), target=tgt, valid=valid, negatives=batch.get("negs"))
+        return Prediction(h=h.float(), target=tgt, valid=valid, negatives=batch.get("negs"), rows=batch.get("rows"))
 
     def global_positions(self, cfg, n_train):
         return max(1.0, float(np.minimum(n_train - 1, cfg.max_len).sum()))
@@ -98,6 +104,12 @@ class NextItem(Task):
 
 
 class Masked(Task):
+    """Masks are drawn on the host from (seed, step, user, position) (``negatives.uniform01``), so a resumed or
+    distributed run masks what a plain run masks, and the masked positions are known before the step: each
+    sequence's are packed to the left of a (B, P) layout (P the most of any row), read from the backbone's
+    states with a gather (no boolean index, which would wait on the device). Negatives shared by a sequence
+    are then scored against its P positions with one batched product."""
+
     name = "masked"
     keys = ("mask_prob",)
 
@@ -105,24 +117,29 @@ class Masked(Task):
         return np.flatnonzero(n_train >= 1)
 
     def batch(self, cfg, ds, users, n_train, step, device, sampler):
-        seq = to_device(sequences.masked_batch(ds, users, cfg.max_len, n_train), device)
+        seq = sequences.masked_batch(ds, users, cfg.max_len, n_train)  # (B, L) host
         real = seq != 0
-        mask = (torch.rand(seq.shape, device=device) < cfg.mask_prob) & real
+        mask = (negatives.uniform01(cfg.seed, step, users, seq.shape[1]) < cfg.mask_prob) & real
         mask[:, -1] |= real[:, -1]  # always predict the last item too: the task at inference
+        pos, filled = sequences.masked_slots(mask)  # (B, P) each
+        out = {"seq": seq, "mask": mask, "pos": pos, "filled": filled}
+        if cfg.negatives == 0:
+            out["rows"] = np.flatnonzero(filled)
+        out = {k: to_device(torch.from_numpy(v), device) for k, v in out.items()}
         negs = sampler.draw(step, users, cfg.max_len, device)  # (B, L, K) or (B, K); None: full softmax
-        return {"seq": seq, "mask": mask} | ({"negs": negs} if negs is not None else {})
+        return out | ({"negs": negs} if negs is not None else {})
 
     def predict(self, model, batch, device):
-        seq, mask = batch["seq"], batch["mask"]
+        seq, mask, pos = batch["seq"], batch["mask"], batch["pos"]
         inp = torch.where(mask, torch.full_like(seq, model.items.n_items + 1), seq)  # the mask token
         with autocast(device):
-            h = model.hidden(inp)
-        target = seq[mask]
+            h = model.hidden(inp)  # (B, L, d)
+        h = h.gather(1, pos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, P, d)
         negs = batch.get("negs")
-        if negs is not None:  # one row of K negatives per masked position: (N, K)
-            negs = negs[mask] if negs.dim() == 3 else negs[mask.nonzero()[:, 0]]
-        return Prediction(h=h[mask].float(), target=target, valid=torch.ones_like(target, dtype=torch.bool),
-                          negatives=negs)
+        if negs is not None and negs.dim() == 3:  # per position: (B, L, K) -> (B, P, K)
+            negs = negs.gather(1, pos.unsqueeze(-1).expand(-1, -1, negs.shape[-1]))
+        return Prediction(h=h.float(), target=seq.gather(1, pos), valid=batch["filled"], negatives=negs,
+                          rows=batch.get("rows"))
 
     def predicted_positions(self, cfg):
         return max(1, int(cfg.batch_size * cfg.max_len * cfg.mask_prob * 1.5))
