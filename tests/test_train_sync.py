@@ -50,11 +50,15 @@ def codes(tmp_path_factory, sample_ds):
     return out
 
 
-@pytest.mark.parametrize("model,emb,log_every", [("sasrec", "jpq", 10), ("sasrec", "jpq", 5), ("gsasrec", "jpq", 10),
-                                                 ("bert4rec", "jpq", 10), ("sasrec", "full", 10)])
-def test_one_host_read_per_progress_update(sample_ds, codes, tmp_path, reads, model, emb, log_every) -> None:
+@pytest.mark.parametrize("model,emb,log_every,sets", [
+    ("sasrec", "jpq", 10, []), ("sasrec", "jpq", 5, []), ("gsasrec", "jpq", 10, ["negatives=16"]),
+    ("bert4rec", "jpq", 10, []), ("sasrec", "full", 10, []),
+    ("sasrec", "jpq", 10, ["loss=ce", "negatives=0"]),  # full softmax over host-found rows
+    ("bert4rec", "jpq", 10, ["loss=gbce", "negatives=16", "negatives_per=sequence"]),  # gBERT4Rec, gathered slots
+])
+def test_one_host_read_per_progress_update(sample_ds, codes, tmp_path, reads, model, emb, log_every, sets) -> None:
     src = ["--codes", codes] if emb == "jpq" else ["--embedding", "full"]
-    extra = ["--set", "negatives=16"] if model == "gsasrec" else []
+    extra = [a for s in sets for a in ("--set", s)]
     res = invoke(["train", sample_ds, *src, "--model", model, "--out", tmp_path / "r", "--max-steps", 30,
                   "--set", f"log_every={log_every}", *TINY, *extra])
     assert res.exit_code == 0, res.output
