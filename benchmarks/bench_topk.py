@@ -1,8 +1,9 @@
 """Exact top-k latency: the pruned search (``retrieval.topk``, jpq/prune.py) against PQTopK and faiss IndexPQ.
 
 Queries come from trained models, not random vectors (pruning depends on real score distributions): for
-each ``--items`` size a SASRec-JPQ (d=128, M=8, ksub=256, svd codes) trained on a ``recjpq synth`` catalogue
-(``benchmarks/topk_models.py``: made once, cached in ``--cache``), plus every ``--model FILE`` (a run folder
+each ``--items`` size a SASRec-JPQ (d=128, M=8, ksub=256, svd codes) trained to its validation plateau on a
+``recjpq synth`` catalogue (``benchmarks/topk_models.py``: made once, cached in ``--cache``; each row's
+``trained`` says how it stopped), plus every ``--model FILE`` (a run folder
 or a model file) with its dataset ``--data DIR``. The queries are ``--users`` sampled users, each encoded
 from their whole known sequence with their seen items excluded, as ``recommend`` does. Timed on the same
 queries in one run, top-``--k``:
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from topk_models import cpu_lock, synth_model  # noqa: E402
+from topk_models import TRAIN_CAP_S, cpu_lock, synth_model, train_facts  # noqa: E402
 
 from recjpq_cli import ranking, retrieval  # noqa: E402
 from recjpq_cli.artifact import load_model  # noqa: E402
@@ -194,7 +195,8 @@ def main() -> int:
     ap.add_argument("--model", type=Path, action="append", default=[], help="a run folder or model file too")
     ap.add_argument("--data", type=Path, action="append", default=[], help="the dataset of each --model")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/recjpq-bench/topk"), help="trained models' folder")
-    ap.add_argument("--train-seconds", type=float, default=540.0, help="training time budget per synthetic model")
+    ap.add_argument("--train-seconds", type=float, default=TRAIN_CAP_S,
+                    help="training time cap per synthetic model (it stops earlier at its validation plateau)")
     ap.add_argument("--users", type=int, default=300, help="single-user queries per set")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
@@ -216,6 +218,7 @@ def main() -> int:
             print(f"timing {name} ...", file=sys.stderr, flush=True)
             model, h, seen = queries(source, data, args.users, args.seed)
             rows.append(bench_set(name, model, h, seen, args))
+            rows[-1]["trained"] = train_facts(Path(source))
             rows[-1]["load_average"] = [load[0], os.getloadavg()[0]]
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             del model

@@ -18,6 +18,7 @@
 #   NEGATIVES negatives of the +LOSS rows (default 256)
 #   DROPOUT   dropout of SASRec and gSASRec (default 0.2: what a CPU budget learns best with; the paper: 0.5)
 #   EXTRA     more arguments for every `recjpq train` (e.g. "--set val_users=256")
+#   EXTRA_<MODEL>  more arguments for that model's rows only (e.g. EXTRA_bert4rec="--set lr=1e-3")
 #   GSASREC_NEGATIVES_PER  `sequence` (default) or `position`: how gSASRec's 256 negatives are drawn. Shared by
 #             a sequence's positions they cost one batched product (0.60 s a step on ML-1M at ksub 1,024 on
 #             2 CPU cores, against 3.3 s per position), and reached 0.1574 test NDCG@10 in 30 minutes
@@ -76,9 +77,10 @@ for name in $DATASETS; do
       row_opts+=(--set "loss=$loss" --set "negatives=$NEGATIVES" --set negatives_per=sequence)
       [ "$loss" = gbce ] && row_opts+=(--set gbce_t=0.75)
     fi
+    model_extra="EXTRA_$model"
     # shellcheck disable=SC2086
     recjpq train "$ds" "${emb[@]}" --model "$model" --out "$run" --overwrite --time-limit "$BUDGET" \
-      --set "d=$D" "${row_opts[@]}" --json "$run.train.json" $EXTRA
+      --set "d=$D" "${row_opts[@]}" --json "$run.train.json" $EXTRA ${!model_extra:-}
   done
   # One table per MODEL[+LOSS] group, its dense row first (the paired t-tests compare against it), then all rows.
   all=() groups=()

@@ -3,7 +3,9 @@
 For a catalogue of N items: ``recjpq synth`` (users = N / 10 clamped to [2,000, 1M], interactions =
 max(20 x users, 2 x N), seed 0: the log has sequential structure a model can learn), ``recjpq prepare``,
 ``recjpq assign --strategy svd`` (M=8, ksub=256) and ``recjpq train`` (SASRec, JPQ, d=128, max_len 50,
-validation on 256 users every 200 steps, a time budget of ``--train-seconds``, default 540 s). Every step
+sampled-softmax CE over 256 negatives shared per sequence, validation on 1,024 users every 200 steps) to its
+validation plateau: early stopping after 5 validations without a gain, or at ``--train-seconds`` (a cap,
+default 3,600 s; ``train.json``'s ``stop_reason`` says which ended it: ``early_stop`` is the plateau). Every step
 runs as its own ``python -m recjpq_cli`` child while the caller holds the machine's CPU lock (``cpu_lock``,
 the file ``flock`` uses), so long runs happen one at a time. Each stage writes a sidecar with its parameters; a stage whose sidecar matches is not run
 again, so a second benchmark run only loads the cached run folder.
@@ -21,7 +23,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/recjpq-cpu.lock"
-TRAIN_SET = {"d": 128, "max_len": 50, "val_users": 256, "steps_per_epoch": 200, "patience": 5, "seed": 0}
+TRAIN_SET = {"d": 128, "max_len": 50, "val_users": 1024, "steps_per_epoch": 200, "patience": 5, "seed": 0,
+             "loss": "ce", "negatives": 256, "negatives_per": "sequence", "dropout": 0.2}
+TRAIN_CAP_S = 3600.0
+
+
+def train_facts(run: Path) -> dict[str, Any] | None:
+    """What trained a cached synthetic model (``train.json`` beside its run folder), or None."""
+    facts = run.parent / "train.json"
+    if not facts.exists():
+        return None
+    t = json.loads(facts.read_text())
+    return {k: t.get(k) for k in ("stop_reason", "steps", "epochs", "elapsed_s", "best_NDCG@10")}
 
 
 def shape(items: int) -> tuple[int, int]:
@@ -87,4 +100,4 @@ def synth_model(cache: Path, items: int, train_seconds: float) -> tuple[Path, Pa
 
 if __name__ == "__main__":  # python benchmarks/topk_models.py CACHE ITEMS [SECONDS]: make one model
     with cpu_lock():
-        print(synth_model(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 540.0))
+        print(synth_model(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else TRAIN_CAP_S))

@@ -203,6 +203,7 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 < cfg.mask_prob < 1.0, "mask_prob must be in (0, 1)"),
         (cfg.val_users >= 1, "val_users must be >= 1"),
         (cfg.patience >= 1, "patience must be >= 1"),
+        (cfg.seed >= 0, "seed must be >= 0"),
         (cfg.weight_decay >= 0, "weight_decay must be >= 0"),
         (cfg.item_lr is None or cfg.item_lr > 0, "item_lr must be > 0 (or null: lr)"),
         (cfg.grad_clip >= 0, "grad_clip must be >= 0"),

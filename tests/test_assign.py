@@ -369,6 +369,7 @@ def test_epochs_change_bpr_codes(assigned, sample_ds, tmp_path):
     (500, 40, 3, 3),  # 40 x 2 bits > 64: hashed keys
     (2000, 4, 8, 1),  # one group of equal codes (a tail at the origin): neighbours exhausted, then the scan
     (3000, 4, 16, 2),  # 16 large groups whose one-split neighbourhoods overlap: resumed searches
+    (600, 40, 3, 1),  # one group with hashed keys
 ])
 def test_make_unique_compiled_path_equals_the_plain_reference(n, m, ksub, high):
     from recjpq_cli.jpq import pqtopk
@@ -381,3 +382,13 @@ def test_make_unique_compiled_path_equals_the_plain_reference(n, m, ksub, high):
     fast, moved_fast = make_unique(codes, ksub)
     plain, moved_plain = make_unique_plain(codes, ksub)
     assert moved_fast == moved_plain > 0 and np.array_equal(fast, plain) and count_collisions(fast) == 0
+
+
+def test_first_of_equal_names_each_codes_first_item():
+    from recjpq_cli.jpq.assignment import first_of_equal
+
+    codes = np.random.default_rng(3).integers(0, 3, (500, 3))
+    first: dict[tuple, int] = {}
+    want = [first.setdefault(tuple(row), i) for i, row in enumerate(codes.tolist())]
+    assert np.array_equal(first_of_equal(codes), want)
+    assert np.array_equal(duplicate_mask(codes), np.array(want) != np.arange(500))

@@ -72,6 +72,27 @@ def test_two_gloo_processes_match_one_process_with_doubled_batch(ds_codes, tmp_p
     assert resumed["step"] == 5 and resumed["world_size"] == 2
 
 
+def test_two_gloo_processes_match_one_process_for_gbert4rec(ds_codes, tmp_path) -> None:
+    """BERT4Rec's masks come from (seed, step, user, position) and the loss is divided by the global masked
+    count, so two processes equal one with the doubled batch here too."""
+    ds, codes = ds_codes
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    sets = ["--model", "bert4rec", "--set", "loss=gbce", "--set", "negatives=8", *COMMON]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "recjpq_cli", "train", str(ds), "--codes", str(codes), "--out", str(ddp), "--set", "batch_size=32",
+           *sets]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res1 = CliRunner().invoke(app, ["train", str(ds), "--codes", str(codes), "--out", str(single),
+                                    "--set", "batch_size=64", *sets])
+    assert res1.exit_code == 0, res1.stderr
+    a = torch.load(ddp / "last.pt", weights_only=True)
+    b = torch.load(single / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3 and abs(a["last_loss"] - b["last_loss"]) < 1e-4
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(v.float(), b["state_dict"][k].float(), rtol=1e-3, atol=1e-4)
+
+
 _RANKS_SCRIPT = r"""
 import os, sys, torch, torch.distributed as dist
 from pathlib import Path

@@ -73,3 +73,73 @@ def test_masked_predictions_equal_a_boolean_index(sample_ds, negs: int) -> None:
         assert torch.equal(pred.negatives[v], batch["negs"][mask]) and pred.rows is None
     else:
         assert torch.equal(pred.rows, torch.from_numpy(np.flatnonzero(v.numpy())))
+
+
+@pytest.mark.parametrize("sets", [
+    {"loss": "gbce", "negatives": 16, "gbce_t": 0.75},  # gBERT4Rec, per-position negatives
+    {"loss": "bce", "negatives": 8, "negatives_per": "sequence"},
+    {"loss": "ce", "negatives": 16, "negatives_per": "sequence"},  # shared: one batched product per sequence
+    {"loss": "ce", "negatives": 16, "negative_sampling": "popularity"},  # with logQ
+    {"loss": "ce", "negatives": 0},  # full softmax over host-found rows
+])
+def test_masked_loss_and_gradients_equal_a_boolean_index_reference(sample_ds, sets: dict) -> None:
+    """The packed (B, P) layout gives the loss and gradients of scoring h[mask] row by row."""
+    from recjpq_cli.models import losses, objective
+
+    ds = load_dataset(sample_ds)
+    cfg = build_config("bert4rec", overrides={"d": 16, "max_len": 20, "dropout": 0.0, **sets})
+    n_train = sequences.train_lengths(ds)
+    torch.manual_seed(0)
+    codes = torch.randint(0, 32, (ds.n_items + 1, 4), dtype=torch.uint8)
+    codes[0] = 0
+    model = build_model(model_args_from_config(cfg, ds.n_items, tuple(codes.shape), 32), codes)
+    smp = sampler(cfg, ds, torch.device("cpu"))
+    batch = MASKED.batch(cfg, ds, np.arange(40), n_train, 5, torch.device("cpu"), smp)
+    got = objective.loss(cfg, model.items, MASKED.predict(model, batch, torch.device("cpu")), None, smp.log_q)
+    got_grads = torch.autograd.grad(got, list(model.parameters()), allow_unused=True)
+
+    mask, seq = batch["mask"], batch["seq"]
+    h = model.hidden(torch.where(mask, torch.full_like(seq, ds.n_items + 1), seq))[mask]  # (N, d)
+    target, ones = seq[mask], torch.ones(int(mask.sum()), dtype=torch.bool)
+    if cfg.negatives == 0:
+        logits = model.items.score_all(h)
+        logits[:, 0] = float("-inf")
+        want = losses.softmax_ce(logits, target, ones)
+    else:
+        negs = batch["negs"]
+        negs = negs[mask] if negs.dim() == 3 else negs[mask.nonzero()[:, 0]]  # (N, K)
+        pos, neg = model.items.score(h, target.unsqueeze(-1))[:, 0], model.items.score(h, negs)
+        if cfg.loss == "ce":
+            want = losses.sampled_softmax_ce(pos, neg, ones, pos_ids=target, neg_ids=negs, log_q=smp.log_q)
+        else:
+            shift = cfg.resolved_logit_shift()
+            want = losses.gbce(pos + shift, neg + shift, ones, n_items=ds.n_items,
+                               t=cfg.gbce_t if cfg.loss == "gbce" else 0.0)
+    want_grads = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_memory_bound_holds_the_packed_layout() -> None:
+    """B x P, as allocated, never exceeds the estimate's predicted positions (short and long windows)."""
+    for length, p in [(200, 0.2), (50, 0.2), (200, 0.1), (20, 0.15)]:
+        cfg = build_config("bert4rec", overrides={"max_len": length, "mask_prob": p, "batch_size": 128})
+        bound = MASKED.predicted_positions(cfg)
+        for step in range(100):
+            m = MASKED.masks(cfg, np.arange(128) + 128 * step, np.full(128 * 100, 10_000), step)
+            assert 128 * m.sum(1).max() <= bound, (length, p, step)
+
+
+def test_ddp_denominator_is_the_global_masked_count(sample_ds) -> None:
+    """global_positions (the whole batch, before it is split between ranks) counts the masks batch() draws."""
+    ds = load_dataset(sample_ds)
+    cfg = build_config("bert4rec", overrides={"max_len": 20})
+    n_train = sequences.train_lengths(ds)
+    users = np.arange(10, 74)
+    total = MASKED.global_positions(cfg, users, n_train, 9)
+    halves = [MASKED.batch(cfg, ds, users[r::2], n_train, 9, torch.device("cpu"), sampler(cfg, ds, torch.device("cpu")))
+              for r in range(2)]
+    assert total == sum(float(h["filled"].sum()) for h in halves) > 0

@@ -28,7 +28,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
     out = tmp_path / "out"
     env = os.environ | {"DATASETS": "ml-1m", "EXTRA": "--set val_users=64 --set max_len=20 -q",
                         "DENSE_EXTRA": "--set tie_embeddings=true", "M": "4", "OMP_NUM_THREADS": "1",
-                        "ROWS": " ".join(ROWS + LOSS_ROWS), "NEGATIVES": "16"}
+                        "ROWS": " ".join(ROWS + LOSS_ROWS), "NEGATIVES": "16", "EXTRA_bert4rec": "--set lr=0.002"}
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "paper_table.sh"), str(tmp_path / "data"), str(out),
                           "1", "16"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -65,6 +65,7 @@ def test_paper_table_script_on_sample_data(tmp_path: Path, sample_csv: Path) -> 
         group = row.split("-")[0]
         assert facts["stop_reason"] == "time_limit" and facts["model"] == group.split("+")[0]
         run_cfg = yaml.safe_load((d / "runs" / row / "config.yaml").read_text())
+        assert run_cfg["lr"] == (0.002 if group.startswith("bert4rec") else 1e-3)  # EXTRA_<MODEL>: its rows only
         if "+" in group:  # the row's loss, NEGATIVES negatives shared by a sequence's positions
             assert (run_cfg["loss"], run_cfg["negatives"], run_cfg["negatives_per"]) == (group.split("+")[1], 16,
                                                                                            "sequence")

@@ -121,15 +121,17 @@ def test_dense_baseline_has_two_untied_tables_or_one_tied(ds_codes, tmp_path) ->
         assert len([k for k in sd if k.startswith("items.") and k.endswith("weight")]) == tables
 
 
-def test_resume_is_exact(ds_codes, tmp_path) -> None:
+@pytest.mark.parametrize("model", [["--model", "sasrec"], ["--model", "bert4rec", "--set", "loss=gbce",
+                                                              "--set", "negatives=8"]])
+def test_resume_is_exact(ds_codes, tmp_path, model) -> None:
     """Stopped after 3 steps and resumed to 7 ends with the same weights as 7 uninterrupted steps.
 
-    Same data order, negatives, dropout masks and Adam state, and deterministic kernels (the centroid
-    gather's backward accumulates in a fixed order): bit for bit.
+    Same data order, negatives, BERT4Rec's masks, dropout masks and Adam state, and deterministic kernels (the
+    centroid gather's backward accumulates in a fixed order): bit for bit.
     """
     ds, codes = ds_codes
     runner = CliRunner()
-    common = [*SMALL, "--set", "batch_size=300", "--set", "dropout=0.3", "-q"]  # 4 steps an epoch
+    common = [*SMALL, *model, "--set", "batch_size=300", "--set", "dropout=0.3", "-q"]  # 4 steps an epoch
     a, b = tmp_path / "a", tmp_path / "b"
     assert _run(runner, ["train", ds, "--codes", codes, "--out", a, "--max-steps", 7, *common]).exit_code == 0
     assert _run(runner, ["train", ds, "--codes", codes, "--out", b, "--max-steps", 3, *common]).exit_code == 0
@@ -172,7 +174,7 @@ def _codes_copy(src: Path, dst: Path, mutate=None, sidecar=True) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no_sidecar", "wrong_dtype", "d_not_divisible", "other_dataset",
-                                  "unknown_key", "wrong_type", "exists", "no_codes"])
+                                  "unknown_key", "wrong_type", "exists", "no_codes", "negative_seed"])
 def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, case: str) -> None:
     ds, codes = ds_codes
     out = tmp_path / "run"
@@ -201,6 +203,8 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, c
         args += ["--codes", codes]
     elif case == "no_codes":
         pass
+    elif case == "negative_seed":
+        args += ["--codes", codes, "--set", "seed=-1"]
     res = _run(CliRunner(), args)
     assert res.exit_code == 1, res.output + res.stderr
     _one_error_line(res)

@@ -96,17 +96,22 @@ def discretise(factors: np.ndarray, ksub: int, seed: int) -> np.ndarray:
 # Collisions and uniqueness
 
 
-def duplicate_mask(codes: np.ndarray) -> np.ndarray:
-    """True for every item whose full code equals that of an item with a smaller id."""
+def first_of_equal(codes: np.ndarray) -> np.ndarray:
+    """For every item, the smallest item index whose full code equals its own (itself when it is the first)."""
     n = codes.shape[0]
     small = codes.astype(np.uint8 if n == 0 or int(codes.max()) < 256 else np.uint16)  # lexsort is fastest on bytes
     order = np.lexsort(small.T[::-1])  # stable: equal codes stay in item-id order
     s = small[order]
-    repeat = np.zeros(n, dtype=bool)
-    repeat[1:] = np.all(s[1:] == s[:-1], axis=1)
-    mask = np.empty(n, dtype=bool)
-    mask[order] = repeat
-    return mask
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = np.any(s[1:] != s[:-1], axis=1)
+    first = np.empty(n, dtype=np.int64)
+    first[order] = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
+    return first
+
+
+def duplicate_mask(codes: np.ndarray) -> np.ndarray:
+    """True for every item whose full code equals that of an item with a smaller id."""
+    return first_of_equal(codes) != np.arange(codes.shape[0])
 
 
 def count_collisions(codes: np.ndarray) -> int:
@@ -228,7 +233,8 @@ def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
 
     if not pqtopk.available():
         return make_unique_plain(codes, ksub)
-    moved = np.flatnonzero(duplicate_mask(codes))
+    first = first_of_equal(codes)
+    moved = np.flatnonzero(first != np.arange(codes.shape[0]))
     if moved.size == 0:
         return codes, 0
     _check_unique_possible(codes, ksub)
@@ -237,7 +243,7 @@ def make_unique(codes: np.ndarray, ksub: int) -> tuple[np.ndarray, int]:
     bits = max(1, int(ksub - 1).bit_length())
     out = codes.astype(np.int64, copy=True)
     cap_log = max(1, int(2 * moved.size + 2).bit_length())
-    move_collisions(out, moved.astype(np.int64), np.sort(_row_keys(codes, ksub)), int(ksub), bits,
+    move_collisions(out, moved.astype(np.int64), first[moved], np.sort(_row_keys(codes, ksub)), int(ksub), bits,
                     bits * codes.shape[1] <= 64, cap_log)
     return out.astype(codes.dtype, copy=False), int(moved.size)
 

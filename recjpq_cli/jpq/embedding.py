@@ -94,7 +94,9 @@ class JPQEmbedding(ItemEmbedding):
         is_extra = ids > self.n_items
         item_ids = torch.where(is_extra, torch.zeros_like(ids), ids)
         emb = self.output_embed(item_ids)
-        extra = self.extra[(ids - self.n_items - 1).clamp(min=0, max=self.extra.shape[0] - 1)]
+        # F.embedding, not an index: its CPU backward sums the mask token's many gradients in a fixed order
+        extra = torch.nn.functional.embedding((ids - self.n_items - 1).clamp(min=0, max=self.extra.shape[0] - 1),
+                                              self.extra)
         return torch.where(is_extra.unsqueeze(-1), extra, emb)
 
     def sub_scores(self, h: Tensor) -> Tensor:

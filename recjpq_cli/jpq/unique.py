@@ -8,9 +8,9 @@ by binary search, and the codes given out since in an open-addressing hash table
 O(M x ksub) compiled steps instead of ksub Python calls.
 
 Items that share an original code search the same candidates in the same order, and a candidate found used
-stays used (codes are only ever given out), so each original code keeps where its search stopped
-(``_memo_*``): the next item of the group resumes there, and a group whose one-split neighbours are all taken
-goes straight to the lexicographic scan. A group of g items then costs O(M x ksub + g) checks, not
+stays used (codes are only ever given out), so each group of equal codes (named by its first item, exactly,
+not by a hash) keeps where its search stopped: the next item of the group resumes there, and a group whose
+one-split neighbours are all taken goes straight to the lexicographic scan. A group of g items then costs O(M x ksub + g) checks, not
 O(g x M x ksub) (a long tail of items with the same near-zero SVD vector is one such group), with the
 same codes.
 """
@@ -94,29 +94,6 @@ def _one_split_move(cand, start, ksub, bits, packed, sorted_keys, table, occ, ca
 
 
 @njit(cache=True)
-def _memo_get(key, mkeys, mvals, mocc, cap_log):
-    """Where the search of an original code stopped last time (0: never searched)."""
-    mask = (1 << cap_log) - 1
-    s = _slot(key, cap_log)
-    while mocc[s]:
-        if mkeys[s] == key:
-            return mvals[s]
-        s = (s + 1) & mask
-    return 0
-
-
-@njit(cache=True)
-def _memo_set(key, val, mkeys, mvals, mocc, cap_log):
-    mask = (1 << cap_log) - 1
-    s = _slot(key, cap_log)
-    while mocc[s] and mkeys[s] != key:
-        s = (s + 1) & mask
-    mocc[s] = True
-    mkeys[s] = key
-    mvals[s] = val
-
-
-@njit(cache=True)
 def _lexicographic_free(cand, scan_from, ksub, bits, packed, sorted_keys, table, occ, cap_log):
     """Set ``cand`` to the first free code in lexicographic order from ``scan_from``; the new scan start."""
     m = cand.size
@@ -132,25 +109,23 @@ def _lexicographic_free(cand, scan_from, ksub, bits, packed, sorted_keys, table,
 
 
 @njit(cache=True)
-def move_collisions(out, moved, sorted_keys, ksub, bits, packed, cap_log):
-    """Move every item of ``moved`` (ascending) in ``out`` (int64, in place) to its nearest free code."""
+def move_collisions(out, moved, group, sorted_keys, ksub, bits, packed, cap_log):
+    """Move every item of ``moved`` (ascending) in ``out`` (int64, in place) to its nearest free code;
+    ``group[j]``: the first item whose code equals ``moved[j]``'s original code."""
     table = np.zeros(1 << cap_log, dtype=np.uint64)
     occ = np.zeros(1 << cap_log, dtype=np.bool_)
-    mkeys = np.zeros(1 << cap_log, dtype=np.uint64)  # original code -> where its search stopped
-    mvals = np.zeros(1 << cap_log, dtype=np.int64)
-    mocc = np.zeros(1 << cap_log, dtype=np.bool_)
+    resume = np.zeros(out.shape[0], dtype=np.int64)  # per group (by its first item): where its search stopped
     cand = np.empty(out.shape[1], dtype=np.int64)
     done = out.shape[1] * 2 * ksub  # every one-split neighbour taken
     scan_from = 0
     for idx in range(moved.size):
-        i = moved[idx]
+        i, g = moved[idx], group[idx]
         cand[:] = out[i]
-        orig = _key(cand, bits, packed)
-        start = _memo_get(orig, mkeys, mvals, mocc, cap_log)
-        found = _one_split_move(cand, start, ksub, bits, packed, sorted_keys, table, occ, cap_log) if start < done else -1
+        found = _one_split_move(cand, resume[g], ksub, bits, packed, sorted_keys, table, occ, cap_log) \
+            if resume[g] < done else -1
         if found < 0:
             cand[:] = out[i]
             scan_from = _lexicographic_free(cand, scan_from, ksub, bits, packed, sorted_keys, table, occ, cap_log)
-        _memo_set(orig, found if found >= 0 else done, mkeys, mvals, mocc, cap_log)
+        resume[g] = found if found >= 0 else done
         out[i] = cand
         _add(_key(cand, bits, packed), table, occ, cap_log)

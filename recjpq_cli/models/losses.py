@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _mean_over_valid(per_pos: Tensor, valid: Tensor, denom: float | None) -> Tensor:
+    """The sum over valid positions divided by their count (or ``denom``). Invalid ones are selected out, not
+    multiplied by 0, so a non-finite value there (a padded slot) never reaches the loss value."""
+    total = torch.where(valid, per_pos, torch.zeros((), dtype=per_pos.dtype, device=per_pos.device)).sum()
+    return total / denom if denom is not None else total / valid.sum().clamp(min=1).to(per_pos.dtype)
+
+
 def gbce_positive_logits(pos: Tensor, beta: float) -> Tensor:
     """gBCE's transformed positive logit: log(1 / (sigmoid(s)^(-beta) - 1)), in float64 with clamping.
 
@@ -33,9 +40,7 @@ def bce_with_negatives(pos: Tensor, neg: Tensor, valid: Tensor, denom: float | N
     averaged over valid positions (or divided by ``denom``, e.g. the global count under DDP).
     """
     per_pos = F.softplus(-pos) + F.softplus(neg).sum(-1)
-    w = valid.to(per_pos.dtype)
-    total = (per_pos * w).sum()
-    return total / denom if denom is not None else total / w.sum().clamp(min=1.0)
+    return _mean_over_valid(per_pos, valid, denom)
 
 
 def gbce(pos: Tensor, neg: Tensor, valid: Tensor, *, n_items: int, t: float, denom: float | None = None) -> Tensor:
@@ -50,8 +55,7 @@ def softmax_ce(logits: Tensor, target: Tensor, valid: Tensor, denom: float | Non
     The full softmax: the caller holds N x C logits (and autograd their softmax and gradient, about
     N x C x 4 B x 3 in all), which is what the memory estimate counts."""
     loss = F.cross_entropy(logits.float(), target, reduction="none")
-    w = valid.to(loss.dtype)
-    return (loss * w).sum() / (denom if denom is not None else w.sum().clamp(min=1.0))
+    return _mean_over_valid(loss, valid, denom)
 
 
 def sampled_softmax_ce(pos: Tensor, neg: Tensor, valid: Tensor, *, pos_ids: Tensor | None = None,
@@ -79,6 +83,4 @@ def sampled_softmax_ce(pos: Tensor, neg: Tensor, valid: Tensor, *, pos_ids: Tens
         neg = neg.masked_fill(neg_ids == pos_ids.unsqueeze(-1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)
     per_pos = torch.logsumexp(logits, dim=-1) - pos  # -log softmax of the positive; finite: pos is never masked
-    w = valid.to(per_pos.dtype)
-    total = (per_pos * w).sum()
-    return total / denom if denom is not None else total / w.sum().clamp(min=1.0)
+    return _mean_over_valid(per_pos, valid, denom)

@@ -12,6 +12,7 @@ item, the item each should predict, which positions count, and the negatives dra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,10 +65,10 @@ class Task:
     def predict(self, model: Backbone, batch: dict[str, Tensor], device: torch.device) -> Prediction:
         raise NotImplementedError
 
-    def global_positions(self, cfg: TrainConfig, n_train: np.ndarray) -> float | None:
-        """The predicted positions of a whole (all processes') batch of users with these training lengths, when
-        known before the step; DDP divides the loss sum by it so that gradients equal one big batch's."""
-        return None
+    def global_positions(self, cfg: TrainConfig, users: np.ndarray, n_train: np.ndarray, step: int) -> float:
+        """The predicted positions of a whole (all processes') batch of ``users`` at ``step``, known before the
+        step; DDP divides the loss sum by it so that gradients equal one big batch's."""
+        raise NotImplementedError
 
     def predicted_positions(self, cfg: TrainConfig) -> int:
         """An upper bound of the positions one batch predicts (the memory estimate's candidate scores)."""
@@ -96,8 +97,8 @@ class NextItem(Task):
         valid = (tgt != 0) & (inp != 0)  # a real target after a real input item
         return Prediction(h=h.float(), target=tgt, valid=valid, negatives=batch.get("negs"), rows=batch.get("rows"))
 
-    def global_positions(self, cfg, n_train):
-        return max(1.0, float(np.minimum(n_train - 1, cfg.max_len).sum()))
+    def global_positions(self, cfg, users, n_train, step):
+        return max(1.0, float(np.minimum(n_train[users] - 1, cfg.max_len).sum()))
 
     def predicted_positions(self, cfg):
         return cfg.batch_size * cfg.max_len
@@ -116,11 +117,18 @@ class Masked(Task):
     def trainable(self, ds: Dataset, n_train: np.ndarray) -> np.ndarray:
         return np.flatnonzero(n_train >= 1)
 
+    @staticmethod
+    def masks(cfg: TrainConfig, users: np.ndarray, n_train: np.ndarray, step: int) -> np.ndarray:
+        """(B, max_len) bool: which positions of the users' left-padded windows are masked at ``step``."""
+        length = cfg.max_len
+        real = np.arange(length)[None, :] >= (length - np.minimum(n_train[users], length))[:, None]
+        mask = (negatives.uniform01(cfg.seed, step, users, length) < cfg.mask_prob) & real
+        mask[:, -1] |= real[:, -1]  # always predict the last item too: the task at inference
+        return mask
+
     def batch(self, cfg, ds, users, n_train, step, device, sampler):
         seq = sequences.masked_batch(ds, users, cfg.max_len, n_train)  # (B, L) host
-        real = seq != 0
-        mask = (negatives.uniform01(cfg.seed, step, users, seq.shape[1]) < cfg.mask_prob) & real
-        mask[:, -1] |= real[:, -1]  # always predict the last item too: the task at inference
+        mask = self.masks(cfg, users, n_train, step)
         pos, filled = sequences.masked_slots(mask)  # (B, P) each
         out = {"seq": seq, "mask": mask, "pos": pos, "filled": filled}
         if cfg.negatives == 0:
@@ -141,8 +149,14 @@ class Masked(Task):
         return Prediction(h=h.float(), target=seq.gather(1, pos), valid=batch["filled"], negatives=negs,
                           rows=batch.get("rows"))
 
+    def global_positions(self, cfg, users, n_train, step):
+        return max(1.0, float(self.masks(cfg, users, n_train, step).sum()))
+
     def predicted_positions(self, cfg):
-        return max(1, int(cfg.batch_size * cfg.max_len * cfg.mask_prob * 1.5))
+        """B x P, P the most masked positions of a sequence: the expected count, the always-masked last item
+        and six standard deviations (binomial), at most max_len."""
+        n, p = cfg.max_len, cfg.mask_prob
+        return cfg.batch_size * min(n, math.ceil(n * p + 1 + 6 * math.sqrt(n * p * (1 - p))))
 
 
 NEXT_ITEM = NextItem()

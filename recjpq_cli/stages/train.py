@@ -312,8 +312,7 @@ class _Loop:
             batch = np.concatenate([batch, perm[: per_step - len(batch)]])
         denom = None
         if world > 1:
-            total = self.task.global_positions(cfg, self.n_train[batch])
-            denom = total / world if total is not None else None
+            denom = self.task.global_positions(cfg, batch, self.n_train, self.st.step) / world
         if world > 1:
             batch = batch[self.ctx.rank::world]
         return batch, denom
