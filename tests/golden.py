@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden.json"
 SETTINGS = ["--set", "d=32", "--set", "max_len=20", "--max-steps", "200", "--device", "cpu", "-q"]
@@ -33,7 +35,19 @@ def train_command(name: str, ds: Path, codes: Path, run: Path) -> list[Any]:
 
 
 def measure(invoke, ds: Path, root: Path, names: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Train and evaluate each golden run under ``root``; {name: {metric: value, "steps": n}}."""
+    """Train and evaluate each golden run under ``root``; {name: {metric: value, "steps": n}}.
+
+    On one CPU thread: torch splits its sums by the thread count, and the machines the suite runs on differ
+    (one or two cores), so with the default the same code gives other numbers on another machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(invoke, ds, root, names)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(invoke, ds: Path, root: Path, names: list[str] | None) -> dict[str, dict[str, float]]:
     codes = root / "codes.npy"
     if not codes.exists():
         res = invoke(codes_command(ds, codes))

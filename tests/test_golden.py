@@ -3,7 +3,8 @@
 Within 1e-6 with the pinned CPU torch (2.13.0): the steps and every hit count are exact, but BERT4Rec's MRR
 moves in the 9th digit with the process's history (CPU kernels pick their summation blocking from what ran
 before; the same code in a fresh process and inside pytest differ by 1.6e-9), so the figures are compared to
-1e-6, not bit for bit. A change that alters the maths on purpose re-records ``tests/golden.json`` (``python
+1e-6, not bit for bit. The runs use one CPU thread (``golden.measure``): with torch's default, a 2-core CI
+machine and a 1-core one split the sums differently and SASRec's 200 steps end 3e-4 apart in NDCG. A change that alters the maths on purpose re-records ``tests/golden.json`` (``python
 tests/golden.py``) in the same commit and says why.
 
 Re-recorded since: ``bert4rec-jpq`` when BERT4Rec's masks moved from the torch RNG to the host's counter-based
