@@ -43,24 +43,32 @@ def ds_codes(tmp_path_factory, sample_csv) -> tuple[Path, Path]:
     return ds, codes
 
 
-def test_two_gloo_processes_match_one_process_with_doubled_batch(ds_codes, tmp_path) -> None:
-    ds, codes = ds_codes
+def _ddp_and_single(ds: Path, codes: Path, tmp_path: Path, sets: list[str]) -> tuple[dict, dict]:
+    """Train 3 steps with two gloo processes at batch 32 and with one at batch 64; both checkpoints, after
+    checking they hold the same step, loss and weights."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "recjpq_cli", "train", str(ds), "--codes", str(codes), "--out", str(ddp),
-           "--set", "batch_size=32", *COMMON]
+           "-m", "recjpq_cli", "train", str(ds), "--codes", str(codes), "--out", str(ddp), "--set", "batch_size=32",
+           *sets]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     res1 = CliRunner().invoke(app, ["train", str(ds), "--codes", str(codes), "--out", str(single),
-                                    "--set", "batch_size=64", *COMMON])
+                                    "--set", "batch_size=64", *sets])
     assert res1.exit_code == 0, res1.stderr
     a = torch.load(ddp / "last.pt", weights_only=True)
     b = torch.load(single / "last.pt", weights_only=True)
-    assert a["world_size"] == 2 and b["world_size"] == 1
     assert a["step"] == b["step"] == 3
     assert abs(a["last_loss"] - b["last_loss"]) < 1e-4, (a["last_loss"], b["last_loss"])
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(v.float(), b["state_dict"][k].float(), rtol=1e-3, atol=1e-4)
+    return a, b
+
+
+def test_two_gloo_processes_match_one_process_with_doubled_batch(ds_codes, tmp_path) -> None:
+    ds, codes = ds_codes
+    ddp = tmp_path / "ddp"
+    a, b = _ddp_and_single(ds, codes, tmp_path, COMMON)
+    assert a["world_size"] == 2 and b["world_size"] == 1
     assert sorted(p.name for p in ddp.iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
     # --resume under DDP, with the semantics printed at start
     cmd_resume = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -76,21 +84,7 @@ def test_two_gloo_processes_match_one_process_for_gbert4rec(ds_codes, tmp_path) 
     """BERT4Rec's masks come from (seed, step, user, position) and the loss is divided by the global masked
     count, so two processes equal one with the doubled batch here too."""
     ds, codes = ds_codes
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    sets = ["--model", "bert4rec", "--set", "loss=gbce", "--set", "negatives=8", *COMMON]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "recjpq_cli", "train", str(ds), "--codes", str(codes), "--out", str(ddp), "--set", "batch_size=32",
-           *sets]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
-    res1 = CliRunner().invoke(app, ["train", str(ds), "--codes", str(codes), "--out", str(single),
-                                    "--set", "batch_size=64", *sets])
-    assert res1.exit_code == 0, res1.stderr
-    a = torch.load(ddp / "last.pt", weights_only=True)
-    b = torch.load(single / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 3 and abs(a["last_loss"] - b["last_loss"]) < 1e-4
-    for k, v in a["state_dict"].items():
-        torch.testing.assert_close(v.float(), b["state_dict"][k].float(), rtol=1e-3, atol=1e-4)
+    _ddp_and_single(ds, codes, tmp_path, ["--model", "bert4rec", "--set", "loss=gbce", "--set", "negatives=8", *COMMON])
 
 
 _RANKS_SCRIPT = r"""
