@@ -92,7 +92,13 @@ def barrier(ctx: DistContext) -> None:
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Destroy the process group while the interpreter is fully alive (call after dropping any DDP wrapper)."""
+    """Destroy the process group while the interpreter is fully alive (call after dropping any DDP wrapper,
+    and only on the success path: every rank must reach it).
+
+    The barrier first: a rank that finished its last collective early would otherwise close its gloo
+    connections while a peer is still exchanging, and the peer's gloo thread aborts the process
+    ("terminate called without an active exception")."""
     if ctx.initialized and tdist.is_initialized():
+        tdist.barrier()
         gc.collect()  # a DDP reducer kept alive by a reference cycle would otherwise outlive the group
         tdist.destroy_process_group()

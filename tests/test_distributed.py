@@ -112,6 +112,7 @@ dist.all_gather(others, c)
 assert all(torch.equal(o, others[0]) for o in others), "centroids differ between ranks"
 assert not torch.equal(others[0], build_model(model_args_from_config(cfg, 50, (51, 4), 8), codes).items.centroids)
 print("OK", ctx.rank)
+del ddp, loss  # shutdown's contract: no DDP reducer may outlive the process group
 distributed.shutdown(ctx)
 """
 
