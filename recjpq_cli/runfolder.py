@@ -102,7 +102,8 @@ def is_run_folder(path: Path) -> bool:
 
 
 def create(run: Path, overwrite: bool, config_text: str) -> RunLock:
-    """Create the run folder with its ``config.yaml`` and lock; with ``overwrite``, replace an old run.
+    """Create the run folder (and any missing folders above it) with its ``config.yaml`` and lock; with
+    ``overwrite``, replace an old run.
 
     The new folder is built beside the old one and swapped in whole, so the old run is deleted only once
     the new one exists; a folder that is not a run is never replaced. Returns the new folder's lock.
@@ -117,6 +118,7 @@ def create(run: Path, overwrite: bool, config_text: str) -> RunLock:
         old_lock = lock(run)
     tmp = run.with_name(f".{run.name}.tmp-{os.getpid()}")
     try:
+        run.parent.mkdir(parents=True, exist_ok=True)  # `--out runs/x` makes runs/, as ML tools do
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         new_lock = lock(tmp)

@@ -174,7 +174,8 @@ def _codes_copy(src: Path, dst: Path, mutate=None, sidecar=True) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no_sidecar", "wrong_dtype", "d_not_divisible", "other_dataset",
-                                  "unknown_key", "wrong_type", "exists", "no_codes", "negative_seed"])
+                                  "unknown_key", "wrong_type", "exists", "no_codes", "negative_seed",
+                                  "parent_is_a_file"])
 def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, case: str) -> None:
     ds, codes = ds_codes
     out = tmp_path / "run"
@@ -205,6 +206,10 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, c
         pass
     elif case == "negative_seed":
         args += ["--codes", codes, "--set", "seed=-1"]
+    elif case == "parent_is_a_file":
+        (tmp_path / "runs").write_text("a file")
+        out = tmp_path / "runs" / "deeper" / "run"
+        args = ["train", ds, "--out", out, "--codes", codes, "--max-steps", 1, *SMALL]
     res = _run(CliRunner(), args)
     assert res.exit_code == 1, res.output + res.stderr
     _one_error_line(res)
@@ -212,6 +217,19 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(ds_codes, tmp_path, c
         assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     else:
         assert not out.exists()
+
+
+def test_missing_folders_above_the_run_are_made_only_with_the_run(ds_codes, tmp_path) -> None:
+    """README's `--out runs/sasrec-svd` works in a fresh folder; a run refused in set-up leaves no folders."""
+    ds, codes = ds_codes
+    refused = _run(CliRunner(), ["train", ds, "--out", tmp_path / "a" / "b" / "run", "--codes", codes,
+                                 "--max-steps", 1, *SMALL, "--set", "d=30", "--set", "num_heads=1"])
+    assert refused.exit_code == 1 and not (tmp_path / "a").exists()
+    out = tmp_path / "runs" / "sasrec" / "run"
+    res = _run(CliRunner(), ["train", ds, "--out", out, "--codes", codes, "--max-steps", 1, *SMALL])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert (out / "config.yaml").exists() and (out / "last.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "runs" / "sasrec").iterdir()) == ["run"]
 
 
 def test_unknown_model_is_a_usage_error(ds_codes, tmp_path) -> None:

@@ -20,8 +20,9 @@ def resolve_new(req: Any) -> tuple[TrainConfig, Path | None, None, None]:
     run = req.out
     if run.exists() and not req.overwrite:
         raise OutputExistsError(f"{run}: run folder already exists (use --resume to continue it or --overwrite)")
-    if not run.parent.exists():
-        raise InputError(f"{run.parent}: folder for the run does not exist")
+    above = next(p for p in run.absolute().parents if p.exists())  # missing folders are made with the run
+    if not above.is_dir():
+        raise InputError(f"{above}: is not a folder, so it cannot hold the run folder {run}")
     embedding = req.embedding or ("jpq" if req.codes is not None else None)
     if embedding is None:
         raise ConfigError("give --codes CODES.npy for RecJPQ embeddings, or --embedding full for the dense baseline")
