@@ -38,7 +38,7 @@ def assert_same(tabs, codes, k, ptr, ex, index=None) -> np.ndarray:
     return touched
 
 
-@pytest.mark.parametrize(("m", "ksub"), [(1, 256), (8, 256), (16, 256), (4, 1024), (8, 1024)])
+@pytest.mark.parametrize(("m", "ksub"), [(1, 256), (8, 256), (16, 256), (4, 1024), (8, 1024), (8, 8192)])
 @pytest.mark.parametrize("k", [1, 10, 60])
 def test_random_models_identical_to_pqtopk(m, ksub, k) -> None:
     rng = np.random.default_rng(m * 1000 + ksub + k)
