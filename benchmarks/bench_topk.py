@@ -205,7 +205,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-lock", dest="lock", action="store_false", help="do not take the CPU lock")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--prune-min-items", type=int, default=None,
+                    help="override prune.MIN_ITEMS (0: the pruned kernel on every set, to see how it prunes there)")
     args = ap.parse_args()
+    if args.prune_min_items is not None:
+        prune.MIN_ITEMS = args.prune_min_items
     if len(args.model) != len(args.data):
         ap.error("give one --data DIR per --model")
     rows = []
