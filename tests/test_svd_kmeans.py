@@ -300,3 +300,39 @@ def test_train_hints_when_ksub_times_d_is_small(km, tmp_path):
     text = " ".join(res.stderr.split())
     assert "ksub=16" in text and f"recjpq assign {ds} --strategy svd-kmeans --dim 32 -m 4 --seed 0" in text
     assert "gives ksub 1,000" in text
+
+
+def test_tail_study_variant_moves_only_tail_items_before_kmeans(sample_ds, km, tmp_path):
+    """benchmarks/tail_codes.py (issue 19's tail study, not kept in `assign`) really changes the tail items'
+    vectors, and only theirs, so a rerun of the study compares two different codes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tail.npy"
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "tail_codes.py"), str(sample_ds), str(out),
+                          "--dim", "32", "-m", "4", "-b", "16", "-q"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "tail items: " in res.stderr
+    tail_codes, plain = np.load(out), np.load(km[1])
+    assert tail_codes.shape == plain.shape and not np.array_equal(tail_codes, plain)
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import tail_codes as variant
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((200, 60)) < 0.15).astype(np.float64)  # 40 head items, about 30 users each
+    dense[:, 40:] = 0
+    for j in range(40, 60):  # 20 tail items with 1 to 3 users
+        dense[rng.choice(200, 1 + j % 3, replace=False), j] = 1
+    a = sp.csr_matrix(dense)
+    counts = np.asarray(a.sum(0)).ravel()
+    tail = (counts > 0) & (counts < 5)
+    assert tail.sum() == 20 and (counts[:40] >= 5).all()
+    plain_x = lowrank.item_vectors(a, 8, 0).vectors.numpy().copy()
+    placed_x = variant.item_vectors_with_placed_tail(a, 8, 0).vectors.numpy()
+    np.testing.assert_array_equal(placed_x[~tail], plain_x[~tail])
+    assert not np.allclose(placed_x[tail], plain_x[tail])

@@ -111,8 +111,8 @@ if numba is not None:
         return cnt + 1
 
     @njit(nogil=True, cache=True)
-    def _sift_down(h, n):
-        i = 0
+    def _sift_down(h, n, i):
+        """Restore the min-heap ``h[:n]`` below position ``i``."""
         while True:
             left = 2 * i + 1
             if left >= n:
@@ -140,7 +140,7 @@ if numba is not None:
             key = _key(s, i)
             if key > heap[0]:
                 heap[0] = key
-                _sift_down(heap, cap)
+                _sift_down(heap, cap, 0)
                 if heap[0] != INT64_MIN:
                     thr = _sum(tab, codes, 0xFFFFFFFF - (heap[0] & 0xFFFFFFFF), m_splits, ksub, fast)
         keys = np.sort(heap)[::-1]

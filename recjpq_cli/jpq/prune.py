@@ -5,7 +5,7 @@ so an item whose sub-ids all score low cannot enter the top k. Per split the ite
 list by sub-id (:class:`PruneIndex`, CSR, built once per model with a stable numpy argsort and cached on the
 embedding); each list also holds a copy of its items' codes, so scoring a list streams memory in order.
 
-For one user: per split, sub-ids are visited in descending sub-item score (a max-heap per split, built in
+For one user: per split, sub-ids are visited in descending sub-item score (a heap per split, built in
 O(ksub) per query, O(log ksub) per visited list: with ksub in the thousands the lists are short and a linear
 scan per visit would cost more than PQTopK). At each step the split whose head
 (its best unvisited sub-id) drops the bound most is advanced, and every item of that sub-id's list is scored
@@ -45,60 +45,39 @@ if pqtopk.numba is not None:
     from recjpq_cli.jpq.pqtopk import INT64_MIN, _contains, _key, _sift_down, _sum
 
     @njit(nogil=True, cache=True)
-    def _better(sa, ca, sb, cb):
-        """Sub-id ``ca`` (score ``sa``) comes before ``cb``: higher score, ties to the lower sub-id."""
-        return sa > sb or (sa == sb and ca < cb)
+    def _sub_id(hkey):
+        """The sub-id of a per-split heap entry (``~_key(score, sub_id)``)."""
+        return 0xFFFFFFFF - (~hkey & 0xFFFFFFFF)
 
     @njit(nogil=True, cache=True)
-    def _sift(hs, hc, i, n):
-        """Restore the max-heap (hs[m], hc[m]) below position ``i`` (n entries)."""
-        while True:
-            left = 2 * i + 1
-            if left >= n:
-                return
-            top = left
-            if left + 1 < n and _better(hs[left + 1], hc[left + 1], hs[left], hc[left]):
-                top = left + 1
-            if not _better(hs[top], hc[top], hs[i], hc[i]):
-                return
-            hs[i], hs[top] = hs[top], hs[i]
-            hc[i], hc[top] = hc[top], hc[i]
-            i = top
-
-    @njit(nogil=True, cache=True)
-    def _heads(hs, hc, n, m, head_c, head, nxt):
-        """Split m's best unvisited sub-id (the heap's root) and the score of the next one (a root child)."""
-        if n == 0:
-            head_c[m], head[m], nxt[m] = -1, -np.inf, -np.inf
-            return
-        head_c[m], head[m] = hc[0], hs[0]
-        second = -np.inf
-        if n > 1:
-            second = hs[1]
-        if n > 2 and hs[2] > second:
-            second = hs[2]
-        nxt[m] = second
-
-    @njit(nogil=True, cache=True)
-    def _build(tab, ptr, m, ksub, hs, hc):
-        """Split m's non-empty sub-ids as a max-heap by score (O(ksub)); the number of entries."""
+    def _build(tab, ptr, m, ksub, hk):
+        """Split m's non-empty sub-ids as a heap whose root is the best: entries ``~_key(score, sub_id)``
+        (PQTopK's order, score descending then sub-id ascending, reversed for its min-heap), heapified in
+        O(ksub). Returns the number of entries."""
         n = 0
         base = m * ksub
         for c in range(ksub):
             if ptr[m, c + 1] > ptr[m, c]:
-                hs[n], hc[n] = tab[base + c], c
+                hk[n] = ~_key(tab[base + c], c)
                 n += 1
         for i in range(n // 2 - 1, -1, -1):
-            _sift(hs, hc, i, n)
+            _sift_down(hk, n, i)
         return n
 
     @njit(nogil=True, cache=True)
-    def _pop(hs, hc, n):
-        """Drop the root; the number of entries left."""
-        n -= 1
-        hs[0], hc[0] = hs[n], hc[n]
-        _sift(hs, hc, 0, n)
-        return n
+    def _heads(tab, hk, n, m, ksub, head_c, head, nxt):
+        """Split m's best unvisited sub-id (the root) and the score of the next one (a child of the root);
+        head_c[m] = -1 when the split is exhausted."""
+        if n == 0:
+            head_c[m], head[m], nxt[m] = -1, -np.inf, -np.inf
+            return
+        c = _sub_id(hk[0])
+        head_c[m], head[m] = c, tab[m * ksub + c]
+        if n == 1:
+            nxt[m] = -np.inf
+        else:
+            j = 1 if n == 2 or hk[1] < hk[2] else 2
+            nxt[m] = tab[m * ksub + _sub_id(hk[j])]
 
     @njit(nogil=True, cache=True)
     def _pick(head, nxt, m_splits):
@@ -122,7 +101,7 @@ if pqtopk.numba is not None:
     @njit(nogil=True, cache=True)
     def _offer(heap, k, key):
         heap[0] = key
-        _sift_down(heap, k)
+        _sift_down(heap, k, 0)
 
     @njit(nogil=True, cache=True)
     def _scan_all(tab, codes, heap, k, ex, done, thr, fast):
@@ -156,12 +135,11 @@ if pqtopk.numba is not None:
         head_c = np.empty(m_splits, dtype=np.int64)
         head = np.empty(m_splits, dtype=np.float32)
         nxt = np.empty(m_splits, dtype=np.float32)
-        hs = np.empty((m_splits, ksub), dtype=np.float32)  # per split: unvisited sub-ids as a max-heap
-        hc = np.empty((m_splits, ksub), dtype=np.int64)
+        hk = np.empty((m_splits, ksub), dtype=np.int64)  # per split: unvisited sub-ids, best at the root
         hn = np.empty(m_splits, dtype=np.int64)
         for m in range(m_splits):
-            hn[m] = _build(tab, ptr, m, ksub, hs[m], hc[m])
-            _heads(hs[m], hc[m], hn[m], m, head_c, head, nxt)
+            hn[m] = _build(tab, ptr, m, ksub, hk[m])
+            _heads(tab, hk[m], hn[m], m, ksub, head_c, head, nxt)
         heap = np.full(k, INT64_MIN, dtype=np.int64)
         thr = -np.inf
         touched = 0
@@ -182,8 +160,10 @@ if pqtopk.numba is not None:
                     thr = _sum(tab, codes, 0xFFFFFFFF - (heap[0] & 0xFFFFFFFF), m_splits, ksub, fast)
             touched += ptr[m, c + 1] - ptr[m, c]
             done[m, c] = True
-            hn[m] = _pop(hs[m], hc[m], hn[m])
-            _heads(hs[m], hc[m], hn[m], m, head_c, head, nxt)
+            hn[m] -= 1  # drop the root
+            hk[m, 0] = hk[m, hn[m]]
+            _sift_down(hk[m], hn[m], 0)
+            _heads(tab, hk[m], hn[m], m, ksub, head_c, head, nxt)
             if head_c[m] < 0:  # every item has a sub-id in this split: all scored
                 break
             if heap[0] != INT64_MIN and thr > _bound(head, m_splits):
