@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import invoke
 
+from recjpq_cli.models import registry
+
 READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
 TINY = ["--set", "d=16", "--set", "max_len=20", "--set", "val_users=50", "--device", "cpu",
         "--set", "steps_per_epoch=1000", "-q"]  # no epoch ends: only the steps and the final validation
@@ -61,7 +63,7 @@ def codes(tmp_path_factory, sample_ds):
 ])
 def test_one_host_read_per_progress_update(sample_ds, codes, tmp_path, reads, model, emb, log_every, sets) -> None:
     src = ["--codes", codes] if emb == "jpq" else ["--embedding", "full"]
-    heads = [] if model == "gru4rec" else ["num_heads=1"]  # a key GRU4Rec does not read is refused
+    heads = ["num_heads=1"] if "num_heads" in registry.spec(model).keys else []  # others refuse the key
     extra = [a for s in [*heads, *sets] for a in ("--set", s)]
     res = invoke(["train", sample_ds, *src, "--model", model, "--out", tmp_path / "r", "--max-steps", 30,
                   "--set", f"log_every={log_every}", *TINY, *extra])
